@@ -1,0 +1,41 @@
+"""The normalised usage every parser produces. Pure data: no mitmproxy, no I/O.
+
+Token totals follow the OpenTelemetry GenAI convention: ``input_tokens`` includes cache
+reads and writes, ``output_tokens`` includes reasoning. A count the provider did not
+report is ``None``, never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+
+@dataclass
+class Usage:
+    provider: str  # anthropic, openai, gemini, openrouter, azure, bedrock, compatible
+    api: str  # messages, chat, responses, generate_content, converse, ...
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_5m_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    server_tool_use: dict[str, int] | None = None
+    billed_cost_usd: Decimal | None = None  # a cost the provider reports itself (OpenRouter)
+    raw_usage: Any = None  # the provider's own usage object(s), kept verbatim
+    finish: str | None = None  # stop reason / terminal event (e.g. response.incomplete)
+    error: str | None = None  # an error the provider reported in-band
+    complete: bool = False  # the parser saw the end of the response
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamParser(Protocol):
+    """Reads a decompressed response stream chunk by chunk, on the side."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def result(self) -> Usage: ...
