@@ -1,6 +1,8 @@
-"""Package list lives here only because the watchdog/ folder ships as `halton_watchdog`.
+"""Package list lives here only because two folders ship under other import names.
 
-That import name cannot shadow the PyPI `watchdog` library; pyproject.toml holds the rest.
+watchdog/ ships as `halton_watchdog` (that name cannot shadow the PyPI `watchdog` library)
+and config/ (the shipped, commented defaults) as `halton_meter.shipped_config`.
+pyproject.toml holds the rest.
 """
 
 from setuptools import find_packages, setup
@@ -11,6 +13,7 @@ _watchdog = ["halton_watchdog"] + [
 ]
 
 setup(
-    packages=_meter + _watchdog,
-    package_dir={"halton_watchdog": "watchdog"},
+    packages=[*_meter, *_watchdog, "halton_meter.shipped_config"],
+    package_dir={"halton_watchdog": "watchdog", "halton_meter.shipped_config": "config"},
+    package_data={"halton_meter.shipped_config": ["*.toml"]},
 )

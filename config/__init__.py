@@ -1,0 +1,1 @@
+"""Shipped defaults, packaged as ``halton_meter.shipped_config``."""
