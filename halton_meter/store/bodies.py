@@ -1,0 +1,147 @@
+"""Request and response bodies as files beside the database, under a size gate.
+
+Layout: ``<root>/<YYYY-MM-DD>/<row_id>.<kind>`` (the UTC day the row id was minted, so a
+request and its response share a directory across midnight). Files are 0600, directories
+0700, from creation. A body is streamed to disk chunk by chunk; once it passes ``max_bytes``
+the partial file is deleted and the sink records ``skipped = "body_too_large"`` (logging
+``addon.body_capture.skip`` is the caller's job: it knows the flow).
+
+Headers are never stored here, so credentials in them never reach disk; ``redact_query``
+strips credential query parameters from a URL or path before it goes into a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+from halton_meter.core.fsutil import SECRET_FILE_MODE, ensure_dir
+
+BodyKind = Literal["request", "response"]
+SKIP_TOO_LARGE = "body_too_large"
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_CREDENTIAL_PARAMS = frozenset(
+    {
+        "key",
+        "api-key",
+        "api_key",
+        "apikey",
+        "x-api-key",
+        "x-goog-api-key",
+        "access_token",
+        "token",
+        "id_token",
+        "refresh_token",
+        "client_secret",
+        "password",
+        "sig",  # Azure SAS signatures
+    }
+)
+
+
+class BodySink:
+    """One body on its way to disk. Not thread-safe: one flow writes it."""
+
+    def __init__(self, root: Path, relpath: str, max_bytes: int) -> None:
+        self._root = root
+        self._relpath = relpath
+        self._max_bytes = max_bytes
+        self._fd: int | None = None
+        self._closed = False
+        self.bytes_seen = 0
+        self.skipped: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._root / self._relpath
+
+    def write(self, chunk: bytes) -> None:
+        self.bytes_seen += len(chunk)
+        if self._closed or self.skipped is not None or not chunk:
+            return
+        if self.bytes_seen > self._max_bytes:
+            self._discard(SKIP_TOO_LARGE)
+            return
+        if self._fd is None:
+            ensure_dir(self.path.parent)
+            # O_EXCL: a row id is unique, so an existing file is never ours to overwrite.
+            self._fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SECRET_FILE_MODE
+            )
+        view = memoryview(chunk)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> str | None:
+        """Finish the file. Returns its path relative to the store's root, or None when
+        nothing was stored (empty body, or skipped)."""
+        if self._closed:
+            return None if self.skipped or self._fd is None else self._relpath
+        self._closed = True
+        if self._fd is None:
+            return None
+        os.close(self._fd)
+        return self._relpath
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Drop whatever was written (e.g. the flow failed and the body is incomplete)."""
+        self._discard(reason)
+        self._closed = True
+
+    def _discard(self, reason: str) -> None:
+        self.skipped = reason
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+class BodyStore:
+    def __init__(self, root_dir: Path, max_bytes: int) -> None:
+        self.root = Path(root_dir)
+        self.max_bytes = max_bytes
+
+    def open(self, row_id: str, kind: BodyKind = "request") -> BodySink:
+        if kind not in ("request", "response"):
+            raise ValueError(f"body kind must be 'request' or 'response', not {kind!r}")
+        if not _SAFE_ID.match(row_id):
+            raise ValueError(f"unsafe row id for a file name: {row_id!r}")
+        day = _row_day(row_id)
+        return BodySink(self.root, f"{day}/{row_id}.{kind}", self.max_bytes)
+
+    def resolve(self, relpath: str) -> Path:
+        return self.root / relpath
+
+
+def _row_day(row_id: str) -> str:
+    # Row ids start with 12 hex digits of epoch milliseconds (model.new_row_id).
+    try:
+        millis = int(row_id[:12], 16)
+        when = datetime.fromtimestamp(millis / 1000, UTC)
+        if not 2000 <= when.year <= 2200:
+            raise ValueError(row_id)
+    except (ValueError, OverflowError, OSError):
+        when = datetime.now(UTC)
+    return when.strftime("%Y-%m-%d")
+
+
+def redact_query(url_or_path: str) -> str:
+    """Drop credential query parameters (key=, api-key=, token=, ...); keep the rest as sent."""
+    parts = urlsplit(url_or_path)
+    if not parts.query:
+        return url_or_path
+    kept = [
+        param
+        for param in parts.query.split("&")
+        if param and unquote_plus(param.split("=", 1)[0]).strip().lower() not in _CREDENTIAL_PARAMS
+    ]
+    return urlunsplit(parts._replace(query="&".join(kept)))

@@ -1,0 +1,172 @@
+"""The one writer thread: callers hand rows over a queue and never wait for SQLite.
+
+mitmproxy runs every hook on one event loop; a hook that blocked on a busy database would
+stall every stream in flight. ``submit`` only appends to a queue. The thread takes whatever
+is queued (up to ``BATCH_MAX`` rows) and commits it in one transaction straight away, so a
+row waits at most one in-flight batch (milliseconds) plus its own: far inside the 100 ms
+promise, while bursts still share commits.
+
+``submit`` is an upsert by ``Row.id``: submitting a row again with the same id overwrites
+every column of the stored row (its ``seq`` is kept). A partial row written on a client
+abort can therefore be completed later by submitting the full row with the same id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from halton_meter.core.logging import get_logger
+from halton_meter.store import db
+from halton_meter.store.codec import WRITE_COLUMNS, row_params
+from halton_meter.store.model import Row
+
+BATCH_MAX = 5000
+_LOCK_RETRIES = 3
+
+UPSERT_SQL = (
+    f"INSERT INTO requests ({', '.join(WRITE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in WRITE_COLUMNS)}) "
+    f"ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in WRITE_COLUMNS if c != "id")
+)
+
+_STOP = object()
+
+
+class RowWriter:
+    """Owns the database's write connection. Thread-safe; errors are counted, never raised.
+
+    The constructor opens (and migrates) the database and raises ``db.StoreError`` if that
+    fails, so the caller decides at boot; after that nothing raises into the caller.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.errors = 0
+        self.written = 0
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._submitted = 0
+        self._done = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._conn = db.connect(self.db_path)
+        self._thread = threading.Thread(target=self._run, name="halton-store-writer", daemon=True)
+        self._thread.start()
+
+    # -- caller side -----------------------------------------------------------------------
+
+    def submit(self, row: Row) -> None:
+        """Queue ``row`` for writing. Never blocks, never raises."""
+        try:
+            if self._closed:
+                self._count_error(1, "writer_closed", row_id=row.id)
+                return
+            # Encode now, in the caller's thread: the row object may be mutated afterwards.
+            params = row_params(row)
+        except Exception as exc:
+            self._count_error(1, "encode_failed", row_id=getattr(row, "id", None), exc=exc)
+            return
+        with self._cond:
+            self._submitted += 1
+        self._queue.put(params)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far is committed (or failed). True on success."""
+        with self._cond:
+            target = self._submitted
+            return self._cond.wait_for(lambda: self._done >= target, timeout=timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain the queue, commit, stop the thread and close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._submitted - self._done
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        try:
+            while not stopping:
+                item = self._queue.get()
+                batch: list[tuple[Any, ...]] = []
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+                while len(batch) < BATCH_MAX:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stopping = True
+                        continue  # keep draining what was queued before close()
+                    batch.append(item)
+                if batch:
+                    self._write(batch)
+        finally:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        try:
+            self._commit_with_retry(batch)
+            self.written += len(batch)
+        except Exception:
+            # One bad row must not take its batch-mates down: retry them one by one.
+            for params in batch:
+                try:
+                    self._commit_with_retry([params])
+                    self.written += 1
+                except Exception as exc:
+                    self._count_error(1, "commit_failed", row_id=params[0], exc=exc)
+        finally:
+            with self._cond:
+                self._done += len(batch)
+                self._cond.notify_all()
+
+    def _commit_with_retry(self, batch: list[tuple[Any, ...]]) -> None:
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                with db.transaction(self._conn):
+                    self._conn.executemany(UPSERT_SQL, batch)
+                return
+            except sqlite3.OperationalError as exc:
+                # busy_timeout already waited; a long reader/writer elsewhere: try again.
+                if "locked" not in str(exc) or attempt == _LOCK_RETRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _count_error(
+        self, n: int, reason: str, *, row_id: str | None = None, exc: BaseException | None = None
+    ) -> None:
+        with self._cond:
+            self.errors += n
+        with contextlib.suppress(Exception):
+            get_logger(__name__).error(
+                "store.write_error",
+                reason=reason,
+                row_id=row_id,
+                error=repr(exc) if exc else None,
+                db=str(self.db_path),
+            )
