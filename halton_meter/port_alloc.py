@@ -39,7 +39,8 @@ from halton_meter.core.runtime import (
 )
 
 RANGE_SIZE = {"edge": 9, "daemon": 10, "api": 10}
-CLAIM_TTL_S = 120.0
+# Long enough to cover negotiation-to-bind; short so a stopped home frees its ports soon.
+CLAIM_TTL_S = 20.0
 LOCK_DIR_ENV = "HALTON_METER_PORTS_LOCK_DIR"
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 
 import typer
 
 from halton_meter import __version__
+from halton_meter.core.errors import HaltonError
 
 app = typer.Typer(
     name="halton-meter",
@@ -48,4 +50,9 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    # A HaltonError is a message for the user with a documented exit code, never a traceback.
+    try:
+        app()
+    except HaltonError as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)

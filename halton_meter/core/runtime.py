@@ -67,14 +67,14 @@ def _quarantine(path: Path, error: str) -> None:
 
 def _read_ports_json(path: Path) -> EffectivePorts | None:
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         get_logger().warning("state.unreadable", file=str(path), error=str(exc))
         return None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
         return EffectivePorts.from_mapping(data.get("ports", data))
     except (ValueError, AttributeError) as exc:
         _quarantine(path, f"{type(exc).__name__}: {exc}")
@@ -83,14 +83,14 @@ def _read_ports_json(path: Path) -> EffectivePorts | None:
 
 def _read_runtime(path: Path) -> dict[str, Any] | None:
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         get_logger().warning("state.unreadable", file=str(path), error=str(exc))
         return None
     try:
-        data = tomlkit.parse(raw).unwrap()
+        data = tomlkit.parse(raw.decode("utf-8")).unwrap()
         EffectivePorts.from_mapping(data.get("ports"))
         return data
     except (tomlkit.exceptions.TOMLKitError, ValueError, AttributeError) as exc:
