@@ -7,6 +7,7 @@ report is ``None``, never 0.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -39,3 +40,40 @@ class StreamParser(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
     def result(self) -> Usage: ...
+
+
+class ParseError(ValueError):
+    """A one-shot (non-streaming) parser could not read the body it was given."""
+
+
+# Parse errors are counted by the daemon; keep a few messages for the log, not all of them.
+_MAX_PARSE_ERROR_MESSAGES = 20
+
+
+def note_parse_error(usage: Usage, message: str) -> None:
+    """Record a problem a stream parser met instead of raising out of ``feed``.
+
+    ``usage.extra["parse_errors"]`` holds up to 20 messages and
+    ``usage.extra["parse_error_count"]`` the total.
+    """
+    errors: list[str] = usage.extra.setdefault("parse_errors", [])
+    if len(errors) < _MAX_PARSE_ERROR_MESSAGES:
+        errors.append(message[:300])
+    usage.extra["parse_error_count"] = usage.extra.get("parse_error_count", 0) + 1
+
+
+def parse_error_count(usage: Usage) -> int:
+    return int(usage.extra.get("parse_error_count", 0))
+
+
+def dump_raw_usage(raw: Any) -> str | None:
+    """``raw_usage`` as JSON text for storage. Decimals (exact money) become strings."""
+    if raw is None:
+        return None
+    return json.dumps(raw, default=_json_default, separators=(",", ":"), sort_keys=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
