@@ -1,0 +1,3 @@
+from halton_meter.daemon.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""`python -m halton_meter.daemon`: mitmproxy embedded as a library, with our addons.
+
+Runs in the foreground (supervisord owns it). Listens on ``listen_host`` and the effective
+daemon port, intercepts provider hosts only, writes one row per model call. SIGTERM or
+SIGINT: listeners close, in-flight calls are written as partial rows, the row writer is
+flushed, exit 0. A failed bind exits 1 with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from mitmproxy import addons as mitm_addons
+from mitmproxy import options as mitm_options
+from mitmproxy.master import Master
+
+from halton_meter.core.bindguard import check_bind_host
+from halton_meter.core.config import Config, load_config
+from halton_meter.core.errors import EXIT_FAILURE, HaltonError
+from halton_meter.core.fsutil import ensure_dir
+from halton_meter.core.logging import configure_logging
+from halton_meter.core.paths import Home
+from halton_meter.core.runtime import load_effective_ports
+from halton_meter.daemon._log import log
+from halton_meter.daemon.addons.attribution import Attribution
+from halton_meter.daemon.addons.body_store import BodyCapture
+from halton_meter.daemon.addons.capture import Capture
+from halton_meter.daemon.addons.policy import InterceptPolicy
+from halton_meter.daemon.addons.upstream import UpstreamResolve
+from halton_meter.daemon.lifecycle import Lifecycle
+from halton_meter.daemon.roots import build_upstream_bundle
+from halton_meter.daemon.stats import Stats
+from halton_meter.store.bodies import BodyStore
+from halton_meter.store.writer import RowWriter
+
+# Bodies above this are streamed by mitmproxy itself (non-model calls on provider hosts);
+# model calls are always streamed through our tee.
+STREAM_LARGE_BODIES = "256k"
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m halton_meter.daemon")
+    parser.add_argument("--port", type=int, default=None, help="listen port (tests)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    configure_logging("daemon")
+    _quiet_mitmproxy_logging()
+    try:
+        return asyncio.run(_serve(args.port))
+    except HaltonError as exc:
+        log.error("daemon.start_failed", error=str(exc))
+        print(str(exc), file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _serve(port_override: int | None) -> int:
+    home = Home.resolve().ensure()
+    config = load_config(home)
+    check_bind_host(config.listen_host, "listen_host")
+    port = port_override if port_override is not None else load_effective_ports(home).daemon
+    # mitmproxy writes its CA key 0600 but creates the directory with the umask: make it
+    # 0700 before it gets there.
+    ensure_dir(home.ca_dir)
+    bundle = build_upstream_bundle(home, config.upstream.ca_bundle)
+
+    stats = Stats()
+    writer = RowWriter(home.db)
+    master, lifecycle = _build_master(home, config, port, stats, writer)
+    try:
+        master.options.update(
+            stream_large_bodies=STREAM_LARGE_BODIES,
+            connection_strategy="lazy",
+            ssl_verify_upstream_trusted_ca=str(bundle),
+            store_streamed_bodies=False,
+        )
+    except Exception as exc:
+        writer.close()
+        raise HaltonError(f"daemon options rejected: {exc}") from exc
+
+    _install_signals(master)
+    log.info("daemon.starting", host=config.listen_host, port=port, home=str(home.root))
+    await master.run()
+    if lifecycle.bind_error is not None:
+        print(f"halton-meter daemon: {lifecycle.bind_error}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    return 0
+
+
+def _build_master(
+    home: Home, config: Config, port: int, stats: Stats, writer: RowWriter
+) -> tuple[Master, Lifecycle]:
+    opts = mitm_options.Options(
+        confdir=str(home.ca_dir), listen_host=config.listen_host, listen_port=port
+    )
+    master = Master(opts)
+    master.addons.add(*mitm_addons.default_addons())
+
+    attribution = Attribution(stats)
+    capture = Capture(
+        extra_hosts=config.capture.hosts,
+        attribution=attribution,
+        writer=writer,
+        pricer=_pricer(),
+        stats=stats,
+    )
+    max_bytes = config.capture.body_max_bytes
+    store = BodyStore(home.bodies, max_bytes) if config.capture.store_bodies else None
+    lifecycle = Lifecycle(home, config.listen_host, port, stats, writer, capture)
+    master.addons.add(
+        attribution,
+        InterceptPolicy(config.capture.hosts, stats),
+        UpstreamResolve(config.upstream.resolve, stats),
+        capture,
+        BodyCapture(store, max_bytes, stats),
+        lifecycle,
+    )
+    return master, lifecycle
+
+
+def _pricer() -> Any:
+    try:
+        from halton_meter.pricing import price
+    except ImportError:  # pricing lands in parallel: rows stay unpriced until it does
+        return _unpriced
+    return price
+
+
+@dataclass(frozen=True)
+class _Unpriced:
+    cost_usd: Decimal | None = None
+    priced: bool = False
+    note: str = "pricing unavailable"
+
+
+def _unpriced(_usage: Any, _ts: Any) -> _Unpriced:
+    return _Unpriced()
+
+
+def _install_signals(master: Master) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def stop() -> None:
+        # Close the listeners first: after shutdown() mitmproxy still accepts until its
+        # servers are cleared, and a new connection now would be cut mid-request.
+        proxyserver = master.addons.get("proxyserver")
+        if proxyserver is not None:
+            try:
+                await proxyserver.servers.update([])
+            except Exception as exc:
+                log.warning("daemon.listener_close_failed", error=repr(exc))
+        master.shutdown()
+
+    def on_signal(signum: int) -> None:
+        log.info("daemon.signal", signal=signal.Signals(signum).name)
+        loop.create_task(stop())
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    # A client hanging up mid-write must not kill the process.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+class _ToStructlog(logging.Handler):
+    """mitmproxy's own warnings and errors, as structured events on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            log.warning(
+                "mitmproxy.log",
+                logger=record.name,
+                level=record.levelname,
+                message=record.getMessage(),
+            )
+
+
+def _quiet_mitmproxy_logging() -> None:
+    # mitmproxy logs every connection at info; only its warnings matter to an operator.
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    handler = _ToStructlog(logging.WARNING)
+    root.addHandler(handler)
