@@ -1,0 +1,55 @@
+"""``python -m halton_meter.sim --port N --dir D [--http-port M] [--name HOST ...]``.
+
+Prints one JSON line on stdout once listening: {"port", "http_port", "ca", "pid", "dir"}; then
+serves until SIGTERM/SIGINT. The request log is at ``GET /_sim/log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from halton_meter.sim.provider import ProviderSim
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m halton_meter.sim")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--http-port", type=int, default=None)
+    parser.add_argument("--dir", type=Path, default=None, help="where the CA and leaf live")
+    parser.add_argument("--name", action="append", default=[], help="extra SAN (repeatable)")
+    args = parser.parse_args(argv)
+    if (
+        args.host not in ("127.0.0.1", "localhost", "::1")
+        and os.environ.get("HALTON_METER_ALLOW_NON_LOOPBACK") != "1"
+    ):
+        print("the simulator binds loopback only", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sim = ProviderSim(args.dir, extra_names=args.name)
+    sim.start(args.host, args.port, http_port=args.http_port)
+    info = {
+        "port": sim.port,
+        "http_port": sim.http_port,
+        "ca": str(sim.ca_path),
+        "pid": os.getpid(),
+        "dir": str(sim.directory),
+    }
+    print(json.dumps(info), flush=True)
+    try:
+        stop.wait()
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
