@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from halton_meter.core.errors import EXIT_BAD_FILE, HaltonError
+from halton_meter.core.errors import EXIT_BAD_FILE, EXIT_FAILURE, HaltonError
 from halton_meter.core.fsutil import SECRET_FILE_MODE, ensure_dir
 
 BUSY_TIMEOUT_MS = 10_000
@@ -167,12 +167,21 @@ def _configure(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
         # Touch the header: a file that is not a database fails here, not mid-report.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            raise StoreError(f"the database {path} is locked: {exc}; try again") from exc
-        raise _corrupt(path, exc) from exc
+        raise error_for(path, exc) from exc
 
 
-def _corrupt(path: Path, exc: BaseException) -> StoreCorruptError:
+def error_for(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    """The user-facing error for a failed query: busy (retry) or damaged (move it aside)."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StoreError(
+            f"the database {path} is busy ({exc}); try again in a moment",
+            exit_code=EXIT_FAILURE,
+        )
+    return corrupt_error(path, exc)
+
+
+def corrupt_error(path: Path, exc: BaseException) -> StoreCorruptError:
     return StoreCorruptError(
         f"{path} is not a readable SQLite database ({exc}). It was left untouched. "
         f"To start a fresh store, stop the daemon (halton-meter stop), move the file aside "
@@ -189,7 +198,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
     try:
         version = _user_version(conn)
     except sqlite3.DatabaseError as exc:
-        raise _corrupt(path, exc) from exc
+        raise error_for(path, exc) from exc
     latest = schema_version()
     if version > latest:
         raise StoreVersionError(

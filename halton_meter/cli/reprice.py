@@ -1,0 +1,126 @@
+"""`halton-meter reprice`: price rows stored unpriced, now that the price data may know them.
+
+Only rows with ``priced = 0`` are considered and a row is written only when it gets a price,
+so a second run changes nothing (idempotent). Runs safely while the daemon writes: short
+transactions, WAL, busy_timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, NoReturn
+
+import typer
+
+from halton_meter.core.paths import Home
+from halton_meter.providers.base import Usage
+from halton_meter.store import db, queries
+from halton_meter.store.codec import format_money, parse_ts
+
+_BATCH = 500
+API_EQUIVALENT_NOTE = "api-equivalent"
+
+
+@dataclass(frozen=True)
+class Change:
+    row_id: str
+    ts: str
+    model: str | None
+    cost_usd: Decimal
+    note: str | None
+
+
+def usage_from_record(rec: dict[str, Any]) -> Usage:
+    """The Usage a row was priced from, rebuilt from its columns."""
+    raw: Any = None
+    if rec.get("usage_json"):
+        with contextlib.suppress(ValueError):
+            raw = json.loads(rec["usage_json"])
+    billed = rec.get("billed_cost_usd")
+    return Usage(
+        provider=rec.get("provider") or "",
+        api=rec.get("api") or "",
+        model=rec.get("model"),
+        input_tokens=rec.get("input_tokens"),
+        output_tokens=rec.get("output_tokens"),
+        cache_read_tokens=rec.get("cache_read_tokens"),
+        cache_write_tokens=rec.get("cache_write_tokens"),
+        cache_write_5m_tokens=rec.get("cache_write_5m_tokens"),
+        cache_write_1h_tokens=rec.get("cache_write_1h_tokens"),
+        reasoning_tokens=rec.get("reasoning_tokens"),
+        billed_cost_usd=Decimal(billed) if billed is not None else None,
+        raw_usage=raw,
+        complete=not rec.get("partial", False),
+    )
+
+
+def plan(conn: sqlite3.Connection) -> tuple[int, list[Change]]:
+    """(unpriced rows seen, the changes pricing them would make)."""
+    from halton_meter import pricing  # lazy: genai-prices' data loads only when repricing
+
+    rows = queries.unpriced_rows(conn)
+    changes: list[Change] = []
+    for rec in rows:
+        result = pricing.price(usage_from_record(rec), parse_ts(rec["ts"]), host=rec.get("host"))
+        if not result.priced or result.cost_usd is None:
+            continue
+        note = API_EQUIVALENT_NOTE if rec.get("api_equivalent") else None
+        changes.append(Change(rec["id"], rec["ts"], rec.get("model"), result.cost_usd, note))
+    return len(rows), changes
+
+
+def apply(conn: sqlite3.Connection, changes: list[Change]) -> int:
+    written = 0
+    for start in range(0, len(changes), _BATCH):
+        with db.transaction(conn):
+            for change in changes[start : start + _BATCH]:
+                written += queries.set_price(conn, change.row_id, change.cost_usd, change.note)
+    return written
+
+
+def reprice(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
+) -> None:
+    """Price rows stored unpriced (a model the price data learned later). Safe to re-run."""
+    path = Home.resolve().db
+    if not path.exists():
+        typer.echo("No captures yet")
+        return
+    try:
+        conn = db.connect(path, readonly=dry_run)
+    except db.StoreError as exc:
+        _fail(str(exc), exc.exit_code)
+    try:
+        seen, changes = plan(conn)
+        for change in changes:
+            typer.echo(
+                f"{change.ts}  {change.row_id}  {change.model or '-'}: "
+                f"unpriced -> ${format_money(change.cost_usd)}"
+            )
+        if dry_run:
+            typer.echo(
+                f"Would price {len(changes)} of {seen} unpriced rows (dry run: nothing written)."
+            )
+            return
+        written = apply(conn, changes)
+        typer.echo(f"Priced {written} of {seen} unpriced rows.")
+    except sqlite3.DatabaseError as exc:
+        error = db.error_for(path, exc)
+        _fail(str(error), error.exit_code)
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reprice")(reprice)

@@ -1,0 +1,133 @@
+"""Body files: the size gate at its exact boundary, private modes, credential-free paths."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from halton_meter.core.paths import Home
+from halton_meter.store.bodies import BodyStore, redact_query
+from halton_meter.store.model import new_row_id
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _write_in_chunks(store: BodyStore, row_id: str, total: int, chunk: int = 1000) -> object:
+    sink = store.open(row_id, "response")
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        sink.write(b"x" * n)
+        sent += n
+    return sink
+
+
+def test_body_at_the_limit_is_stored_one_byte_more_is_skipped(hm_home: Path) -> None:
+    limit = 10_000
+    store = BodyStore(Home.resolve().bodies, max_bytes=limit)
+
+    at_limit = store.open(new_row_id(), "response")
+    for _ in range(10):
+        at_limit.write(b"a" * 1000)
+    rel = at_limit.close()
+    assert rel is not None and at_limit.skipped is None
+    assert store.resolve(rel).read_bytes() == b"a" * limit
+
+    over_id = new_row_id()
+    over = store.open(over_id, "response")
+    for _ in range(10):
+        over.write(b"b" * 1000)
+    partial_file = over.path
+    assert partial_file.exists()  # streamed to disk as it came, not buffered
+    over.write(b"b")  # limit + 1
+    assert over.skipped == "body_too_large"
+    assert not partial_file.exists()  # the partial file is deleted at once
+    over.write(b"more after the gate")  # ignored, nothing recreated
+    assert over.close() is None
+    assert not partial_file.exists()
+    assert over.bytes_seen == limit + 1 + len(b"more after the gate")
+
+
+def test_a_single_oversized_chunk_never_touches_disk(hm_home: Path) -> None:
+    store = BodyStore(Home.resolve().bodies, max_bytes=100)
+    sink = store.open(new_row_id(), "request")
+    sink.write(b"z" * 101)
+    assert sink.skipped == "body_too_large"
+    assert sink.close() is None
+    assert not sink.path.exists()
+
+
+def test_body_files_are_0600_in_0700_dirs_by_row_day(hm_home: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = BodyStore(Home.resolve().bodies, max_bytes=1 << 20)
+        row_id = new_row_id()
+        req = store.open(row_id, "request")
+        req.write(b'{"model": "gpt-4o"}')
+        resp = store.open(row_id, "response")
+        resp.write(b"data: {}\n\n")
+        req_rel, resp_rel = req.close(), resp.close()
+    finally:
+        os.umask(old)
+    assert req_rel is not None and resp_rel is not None
+    day = req_rel.split("/")[0]
+    assert req_rel == f"{day}/{row_id}.request" and resp_rel == f"{day}/{row_id}.response"
+    assert len(day) == 10 and day[4] == "-"
+    root = Home.resolve().bodies
+    assert _mode(root) == 0o700
+    assert _mode(root / day) == 0o700
+    assert _mode(root / req_rel) == 0o600
+    assert _mode(root / resp_rel) == 0o600
+    assert (root / req_rel).read_bytes() == b'{"model": "gpt-4o"}'
+
+
+def test_empty_body_stores_nothing_and_abort_deletes(hm_home: Path) -> None:
+    store = BodyStore(Home.resolve().bodies, max_bytes=1000)
+    empty = store.open(new_row_id(), "request")
+    assert empty.close() is None
+    assert not empty.path.exists()
+
+    aborted = store.open(new_row_id(), "response")
+    aborted.write(b"half a stream")
+    assert aborted.path.exists()
+    aborted.abort("client_aborted")
+    assert not aborted.path.exists()
+    assert aborted.skipped == "client_aborted"
+    assert aborted.close() is None
+
+
+def test_unsafe_ids_and_kinds_are_refused(hm_home: Path) -> None:
+    store = BodyStore(Home.resolve().bodies, max_bytes=1000)
+    with pytest.raises(ValueError):
+        store.open("../../etc/passwd", "request")
+    with pytest.raises(ValueError):
+        store.open(new_row_id(), "headers")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            "/v1beta/models/gemini:generateContent?key=AIzaSECRET",
+            "/v1beta/models/gemini:generateContent",
+        ),
+        ("/v1/x?alt=sse&key=SECRET", "/v1/x?alt=sse"),
+        ("/v1/x?api-key=S1&a=1&API_KEY=S2&b=2", "/v1/x?a=1&b=2"),
+        ("/v1/x?access_token=S&token=T&Key=K", "/v1/x"),
+        ("/v1/x?api%2Dkey=S&keep=1", "/v1/x?keep=1"),
+        ("https://h.example/v1/x?key=S#frag", "https://h.example/v1/x#frag"),
+        ("/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1/x?monkey=1&keyword=2", "/v1/x?monkey=1&keyword=2"),
+        ("/v1/x?api-version=2024-06-01", "/v1/x?api-version=2024-06-01"),
+    ],
+)
+def test_redact_query(given: str, expected: str) -> None:
+    assert redact_query(given) == expected
+    for secret in ("SECRET", "S1", "S2", "AIza"):
+        if secret not in expected:
+            assert secret not in redact_query(given)
