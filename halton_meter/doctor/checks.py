@@ -1,0 +1,387 @@
+"""The checks shared by `status` and `doctor`. Each reads facts and returns Reasons.
+
+A check never decides the state (``status.fold`` does) and never touches the machine
+(``facts`` gathered everything). Service checks see the home, its sockets and supervisord;
+client checks see the environment and rc files of the shell that runs the command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from halton_meter.doctor.facts import (
+    CA_VARS,
+    KNOWN_MODES,
+    PROXY_VARS,
+    ClientFacts,
+    ServiceFacts,
+)
+from halton_meter.doctor.status import BROKEN, INCONSISTENT, Reason
+
+START = "halton-meter start"
+RESTART = "halton-meter stop && halton-meter start"
+_UNSET_ALL = (
+    "unset CURL_CA_BUNDLE SSL_CERT_FILE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS "
+    "GIT_SSL_CAINFO AWS_CA_BUNDLE HTTPS_PROXY HTTP_PROXY NO_PROXY"
+)
+_LOOPING = ("LOOPING", "COOLDOWN")
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def _supervised(facts: ServiceFacts) -> bool:
+    return facts.programs is not None
+
+
+# -- service checks ----------------------------------------------------------------------------
+
+
+def check_config(facts: ServiceFacts) -> list[Reason]:
+    if facts.config_error is None:
+        return []
+    first = facts.config_error.splitlines()[0]
+    fix = next(
+        (
+            line[len("Fix: ") :]
+            for line in facts.config_error.splitlines()
+            if line.startswith("Fix: ")
+        ),
+        f"correct {facts.home.config}",
+    )
+    return [Reason("config_invalid", first, BROKEN, fix)]
+
+
+def _stopped_by_user(facts: ServiceFacts) -> bool:
+    """runtime.toml says `halton-meter stop` ran after the last start."""
+    state = str(facts.runtime.get("state") or facts.runtime.get("service") or "").lower()
+    if state:
+        return state == "stopped"
+    stopped, started = facts.runtime.get("stopped_at"), facts.runtime.get("started_at")
+    return bool(stopped) and (not started or str(stopped) >= str(started))
+
+
+def _ever_started(facts: ServiceFacts) -> bool:
+    keys = ("state", "service", "started_at", "supervisord_pid", "pids")
+    return any(facts.runtime.get(k) for k in keys)
+
+
+def check_supervisor(facts: ServiceFacts) -> list[Reason]:
+    if _supervised(facts):
+        return []
+    if not _ever_started(facts):
+        return [
+            Reason(
+                "not_running",
+                "Halton Meter is not running (never started in this home).",
+                BROKEN,
+                START,
+            )
+        ]
+    if _stopped_by_user(facts):
+        return [
+            Reason(
+                "not_running",
+                "Halton Meter is not running: it was stopped with `halton-meter stop`; nothing is metered.",
+                BROKEN,
+                START,
+            )
+        ]
+    return [
+        Reason(
+            "supervisord_unreachable",
+            f"supervisord does not answer on {facts.home.socket}, but the meter was started "
+            "and not stopped: it died or was killed.",
+            BROKEN,
+            START,
+        )
+    ]
+
+
+def _program_down(facts: ServiceFacts) -> list[str]:
+    return [
+        name for name, info in sorted((facts.programs or {}).items()) if info.state != "RUNNING"
+    ]
+
+
+def check_programs(facts: ServiceFacts) -> list[Reason]:
+    reasons = []
+    for name in _program_down(facts):
+        info = (facts.programs or {})[name]
+        detail = f"state {info.state}"
+        if info.exitstatus is not None and info.state in ("EXITED", "BACKOFF", "FATAL"):
+            detail += f", exit status {info.exitstatus}"
+        if info.spawnerr:
+            detail += f", {info.spawnerr}"
+        log = facts.home.root / f"{name}.err.log"
+        reasons.append(
+            Reason(
+                f"program_down.{name}",
+                f"the {name} program is not running ({detail}).",
+                BROKEN,
+                f"tail -n 100 {log}; then {RESTART}",
+            )
+        )
+    return reasons
+
+
+def check_respawn_loops(facts: ServiceFacts) -> list[Reason]:
+    if not _supervised(facts):
+        return []  # a stopped meter has no loop; the state file may be from the last run
+    reasons = []
+    programs = facts.watchdog.get("programs")
+    for name, entry in sorted((programs if isinstance(programs, dict) else {}).items()):
+        if not isinstance(entry, dict) or entry.get("loop_state") not in _LOOPING:
+            continue
+        cause = ""
+        last = facts.watchdog.get("last_cause")
+        if isinstance(last, dict) and last.get("program") == name and last.get("cause"):
+            cause = f"; last cause: {last['cause']}"
+        exits = entry.get("window_exits")
+        count = f" ({exits} exits in the window)" if isinstance(exits, int) else ""
+        reasons.append(
+            Reason(
+                f"respawn_loop.{name}",
+                f"the {name} program is in a respawn loop{count}{cause}.",
+                BROKEN,
+                f"tail -n 100 {facts.home.root / f'{name}.err.log'}; fix the cause, then {RESTART}",
+            )
+        )
+    return reasons
+
+
+def check_recursion(facts: ServiceFacts) -> list[Reason]:
+    if not _supervised(facts):
+        return []
+    found = facts.watchdog.get("recursion")
+    if not isinstance(found, list) or not found:
+        return []
+    parts = []
+    for item in found:
+        if isinstance(item, dict):
+            parts.append(
+                f"{item.get('program', '?')} (pid {item.get('pid', '?')}) has "
+                f"{item.get('var', '?')}={item.get('value', '?')}"
+            )
+    return [
+        Reason(
+            "proxy_recursion",
+            "proxy recursion: a program of the meter routes its own traffic through the edge: "
+            + "; ".join(parts)
+            + ".",
+            BROKEN,
+            "clear the proxy variables from the service manager's environment "
+            "(Linux: systemctl --user unset-environment HTTPS_PROXY HTTP_PROXY ALL_PROXY; "
+            "macOS: launchctl unsetenv HTTPS_PROXY; launchctl unsetenv HTTP_PROXY), then "
+            + RESTART,
+        )
+    ]
+
+
+def check_foreign_ports(facts: ServiceFacts) -> list[Reason]:
+    if not _supervised(facts) and not _ever_started(facts):
+        return []  # nothing negotiated yet: `start` picks free ports, these are only defaults
+    reasons = []
+    for role, port in facts.ports.as_dict().items():
+        holders = facts.foreign.get(role) or []
+        if not holders:
+            continue
+        who = ", ".join(h.describe() for h in holders)
+        pids = " ".join(str(h.pid) for h in holders if h.pid)
+        fix = f"lsof -nP -iTCP:{port} -sTCP:LISTEN"
+        fix += f"; kill {pids}" if pids else ""
+        fix += f"; then {RESTART}"
+        reasons.append(
+            Reason(
+                f"port_foreign.{role}",
+                f"port {port} ({role}) is held by {who}, not by Halton Meter.",
+                BROKEN,
+                fix,
+            )
+        )
+    return reasons
+
+
+def check_edge_accepts(facts: ServiceFacts) -> list[Reason]:
+    if not _supervised(facts) or facts.accepting.get("edge"):
+        return []
+    if "edge" in _program_down(facts):
+        return []  # program_down.edge already says it
+    port = facts.ports.edge
+    return [
+        Reason(
+            "edge_unreachable",
+            f"clients cannot connect to the edge: nothing accepts on {facts.listen_host}:{port}.",
+            BROKEN,
+            f"tail -n 100 {facts.home.edge_err_log}; then {RESTART}",
+        )
+    ]
+
+
+def check_failing_open(facts: ServiceFacts) -> list[Reason]:
+    if not _supervised(facts) or not facts.accepting.get("edge"):
+        return []
+    daemon = (facts.programs or {}).get("daemon")
+    daemon_down = not facts.accepting.get("daemon") or (
+        daemon is not None and daemon.state != "RUNNING"
+    )
+    if not daemon_down:
+        return []
+    return [
+        Reason(
+            "failing_open",
+            f"the daemon does not accept on port {facts.ports.daemon}; the edge is failing open: "
+            f"LLM traffic flows but is not metered ({facts.unmetered} unmetered so far).",
+            INCONSISTENT,
+            f"tail -n 100 {facts.home.daemon_err_log}; then {RESTART}",
+        )
+    ]
+
+
+def check_sentinel(facts: ServiceFacts) -> list[Reason]:
+    value = facts.install_mode
+    if value is None or value in KNOWN_MODES:
+        return []
+    if value == "gui":
+        return [
+            Reason(
+                "install_mode_legacy",
+                "install-mode is `gui`, a legacy value; init migrates it to `full`.",
+                INCONSISTENT,
+                "halton-meter init --full   # or --apps, the mode you want",
+            )
+        ]
+    return [
+        Reason(
+            "install_mode_unknown",
+            f"install-mode sentinel {facts.home.install_mode} holds {value!r}, which is not a mode "
+            f"({', '.join(KNOWN_MODES)}).",
+            INCONSISTENT,
+            "halton-meter init --apps   # or your preferred mode",
+        )
+    ]
+
+
+_CLOUD_FIXES = {
+    "paused_unauthorised": "halton-meter cloud resume   # if the token is still bad: halton-meter cloud connect",
+    "paused_forbidden": "ask the workspace owner to re-invite this machine, then halton-meter cloud "
+    "resume (do not cloud connect: it revokes the still-valid key)",
+    "paused_manual": "halton-meter cloud resume",
+}
+
+
+def check_cloud_paused(facts: ServiceFacts) -> list[Reason]:
+    reason = facts.cloud_state.get("paused_reason")
+    if not reason:
+        return []
+    return [
+        Reason(
+            "cloud_paused",
+            f"cloud sync is paused ({reason}); rows stay local until it resumes.",
+            INCONSISTENT,
+            _CLOUD_FIXES.get(str(reason), "halton-meter cloud status --json"),
+        )
+    ]
+
+
+SERVICE_CHECKS: tuple[Callable[[ServiceFacts], list[Reason]], ...] = (
+    check_config,
+    check_supervisor,
+    check_programs,
+    check_respawn_loops,
+    check_recursion,
+    check_foreign_ports,
+    check_edge_accepts,
+    check_failing_open,
+    check_sentinel,
+    check_cloud_paused,
+)
+
+
+# -- client checks -----------------------------------------------------------------------------
+
+
+def _loopback_port(url: str) -> int | None:
+    """The port of a proxy URL on this machine; None for a remote proxy or garbage."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if host is None or host.lower() not in _LOOPBACK_NAMES:
+        return None
+    return port or 80
+
+
+def check_client_proxy_port(client: ClientFacts) -> list[Reason]:
+    reasons = []
+    seen: set[str] = set()
+    for var in PROXY_VARS:
+        for name in (var, var.lower()):
+            value = client.env.get(name)
+            port = _loopback_port(value) if value else None
+            if port is None or port == client.edge_port or "env" in seen:
+                continue
+            seen.add("env")
+            reasons.append(
+                Reason(
+                    "client_port_stale",
+                    f"{name}={value} in this shell names port {port}, but the edge listens on "
+                    f"{client.edge_port}.",
+                    INCONSISTENT,
+                    "open a new terminal (or: halton-meter run <cmd>); if new shells still show "
+                    "it, halton-meter init --apps   # or your mode",
+                )
+            )
+    for setting in client.rc:
+        if setting.var not in PROXY_VARS or str(setting.file) in seen:
+            continue
+        port = _loopback_port(setting.value)
+        if port is None or port == client.edge_port:
+            continue
+        seen.add(str(setting.file))
+        reasons.append(
+            Reason(
+                "rc_port_stale",
+                f"the halton-meter block in {setting.file} sets {setting.var}={setting.value}, "
+                f"but the edge listens on {client.edge_port}.",
+                INCONSISTENT,
+                "halton-meter init --apps   # or your mode: rewrites the rc block; then open a new terminal",
+            )
+        )
+    return reasons
+
+
+def check_stale_ca(client: ClientFacts) -> list[Reason]:
+    from pathlib import Path
+
+    stale = [
+        f"{var}={client.env[var]}"
+        for var in CA_VARS
+        if client.env.get(var) and not Path(client.env[var]).expanduser().is_file()
+    ]
+    if not stale:
+        return []
+    return [
+        Reason(
+            "stale_ca_variable",
+            "CA variables in this shell point at files that do not exist: "
+            + ", ".join(stale)
+            + ".",
+            INCONSISTENT,
+            f"{_UNSET_ALL}; then halton-meter run <cmd>, or halton-meter init to rewrite the rc block",
+        )
+    ]
+
+
+CLIENT_CHECKS: tuple[Callable[[ClientFacts], list[Reason]], ...] = (
+    check_client_proxy_port,
+    check_stale_ca,
+)
+
+
+def run_service_checks(facts: ServiceFacts) -> list[Reason]:
+    return [reason for check in SERVICE_CHECKS for reason in check(facts)]
+
+
+def run_client_checks(client: ClientFacts) -> list[Reason]:
+    return [reason for check in CLIENT_CHECKS for reason in check(client)]
