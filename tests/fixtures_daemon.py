@@ -27,6 +27,7 @@ import json
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hmtest import PYTHON, REPO, clean_env, free_port, port_open
 
@@ -50,6 +52,10 @@ SIM_HOSTS: tuple[str, ...] = (
     "api.groq.com",
     "example.com",
 )
+
+# An OpenAI-compatible host users list in `[capture] hosts`, and one whose upstream is down.
+COMPATIBLE_HOST = "api.groq.com"
+DOWN_HOST = "down.example.org"
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -109,6 +115,17 @@ class DaemonHandle:
 
     def stderr(self) -> str:
         return self.err_log.read_text(errors="replace") if self.err_log.exists() else ""
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the daemon's CA only (what a metered client is given)."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An httpx client using the daemon as its proxy (never the environment's)."""
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.Client(
+            proxy=self.proxy_url, verify=self.ssl_context(), trust_env=False, **kwargs
+        )
 
     def stats(self) -> dict[str, Any]:
         return dict(json.loads((self.home / "run" / "daemon-stats.json").read_text()))
@@ -243,12 +260,21 @@ def daemon(hm_home: Path, provider_sim: ProviderSim) -> Iterator[DaemonHandle]:
         handle.stop()
 
 
+def rich_config(sim: ProviderSim) -> str:
+    """sim_config plus an extra intercepted host (the sim) and one whose upstream is down."""
+    return sim_config(
+        sim,
+        extra_toml=f'[capture]\nhosts = ["{COMPATIBLE_HOST}", "{DOWN_HOST}"]\n',
+        resolve_extra={f"{DOWN_HOST}:443": f"127.0.0.1:{free_port()}"},
+    )
+
+
 @pytest.fixture(scope="module")
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonHandle]:
     base = tmp_path_factory.mktemp("shared-daemon")
     sim = ProviderSim(base / "sim").start(http_port=0)
     try:
-        handle = start_daemon(base / "hm", sim)
+        handle = start_daemon(base / "hm", sim, config_text=rich_config(sim))
         try:
             yield handle
         finally:

@@ -165,6 +165,7 @@ def _install_signals(master: Master) -> None:
         master.shutdown()
 
     def on_signal(signum: int) -> None:
+        _ToStructlog.stopping = True
         log.info("daemon.signal", signal=signal.Signals(signum).name)
         loop.create_task(stop())
 
@@ -177,7 +178,11 @@ def _install_signals(master: Master) -> None:
 class _ToStructlog(logging.Handler):
     """mitmproxy's own warnings and errors, as structured events on stderr."""
 
+    stopping = False
+
     def emit(self, record: logging.LogRecord) -> None:
+        if self.stopping and record.name == "asyncio":
+            return  # connection tasks cancelled at exit: expected, not worth a line each
         with contextlib.suppress(Exception):
             log.warning(
                 "mitmproxy.log",

@@ -259,6 +259,8 @@ class Capture:
         if usage is not None:
             _apply_usage(row, usage)
             row.model = state.endpoint.resolve_model(request_body, usage.model) or row.model
+            # Price the model the row names (Bedrock Converse reports none in its body).
+            usage.model = row.model
             if usage.error and not row.error:
                 row.error = usage.error
             if (row.status or 0) < 400 and not usage.complete:
