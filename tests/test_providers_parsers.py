@@ -544,3 +544,31 @@ def test_stream_parsers_never_raise_on_garbage() -> None:
         u = p.result()
         assert u.input_tokens is None and u.output_tokens is None
         assert parse_error_count(u) >= 1, (ep.api, ct)
+
+
+def test_responses_stream_error_event() -> None:
+    data = (
+        b'event: response.created\ndata: {"type":"response.created","sequence_number":0,"response":'
+        b'{"id":"resp_e","object":"response","status":"in_progress","model":"gpt-4.1-mini-2025-04-14","usage":null}}\n\n'
+        b'event: error\ndata: {"type":"error","code":"rate_limit_exceeded","message":"Rate limit reached","param":null,"sequence_number":1}\n\n'
+    )
+    u = _stream(OPENAI_RESPONSES, data)
+    assert u.error == "rate_limit_exceeded: Rate limit reached"
+    assert u.model == "gpt-4.1-mini-2025-04-14" and u.input_tokens is None
+
+
+def test_bedrock_token_headers_fill_what_the_body_left_out() -> None:
+    from halton_meter.providers.bedrock import apply_token_headers
+
+    ep = _ep("bedrock", "POST", "/model/cohere.command-r-plus-v1:0/invoke")
+    u = json_parser_for(ep)(b'{"generation_id":"g1","text":"Hallo","finish_reason":"COMPLETE"}')
+    assert u.input_tokens is None and u.output_tokens is None
+    apply_token_headers(
+        u,
+        {"x-amzn-bedrock-input-token-count": "17", "x-amzn-bedrock-output-token-count": "4"},
+    )
+    assert (u.input_tokens, u.output_tokens, u.cache_read_tokens) == (17, 4, None)
+    # counts the body did report are not overwritten
+    claude = json_parser_for(BEDROCK_INVOKE)(capture("bedrock_invoke_claude.json"))
+    apply_token_headers(claude, {"x-amzn-bedrock-input-token-count": "999"})
+    assert claude.input_tokens == 12

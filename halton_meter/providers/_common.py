@@ -46,7 +46,9 @@ def as_dict(value: Any) -> dict[str, Any]:
 def error_text(err: Any) -> str:
     """``type: message`` from a provider's error object (or whatever it sent)."""
     if isinstance(err, dict):
-        kind = err.get("type") or err.get("status") or err.get("code")
+        kind = err.get("type")
+        if kind in (None, "", "error"):  # a Responses "error" event names itself "error"
+            kind = err.get("status") or err.get("code")
         message = err.get("message")
         if message is None and isinstance(err.get("error"), dict | str):
             return error_text(err["error"])

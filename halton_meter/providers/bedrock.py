@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from typing import Any
 
 from halton_meter.providers import anthropic
@@ -67,6 +68,29 @@ def _apply_metrics_fallback(u: Usage, metrics: dict[str, Any]) -> None:
         u.output_tokens = as_int(metrics.get("outputTokenCount"))
     if u.raw_usage is None:
         u.raw_usage = metrics
+
+
+def apply_token_headers(u: Usage, headers: Mapping[str, str]) -> None:
+    """Fill counts a Bedrock body left out from its ``X-Amzn-Bedrock-*-Token-Count`` headers.
+
+    InvokeModel bodies are model-specific (Titan, Cohere, ...); these headers are not.
+    ``headers`` must look names up case-insensitively (mitmproxy's Headers do).
+    """
+    if u.input_tokens is None:
+        u.input_tokens = _header_int(headers, "x-amzn-bedrock-input-token-count")
+    if u.output_tokens is None:
+        u.output_tokens = _header_int(headers, "x-amzn-bedrock-output-token-count")
+    if u.cache_read_tokens is None:
+        u.cache_read_tokens = _header_int(headers, "x-amzn-bedrock-cache-read-input-token-count")
+    if u.cache_write_tokens is None:
+        u.cache_write_tokens = _header_int(headers, "x-amzn-bedrock-cache-write-input-token-count")
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
 
 
 def converse_to_usage(obj: Any, api: str = "bedrock_converse") -> Usage:

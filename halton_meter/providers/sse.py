@@ -72,9 +72,14 @@ class SseDecoder:
         buf = self._buf
         start = 0
         n = len(buf)
+        # Each terminator is searched for again only once passed, so a chunk of many lines
+        # without a single CR is scanned once, not once per line.
+        cr = lf = -2
         while start < n:
-            cr = buf.find(b"\r", start)
-            lf = buf.find(b"\n", start)
+            if cr != -1 and cr < start:
+                cr = buf.find(b"\r", start)
+            if lf != -1 and lf < start:
+                lf = buf.find(b"\n", start)
             if cr == -1 and lf == -1:
                 break
             if cr == -1 or (lf != -1 and lf < cr):
