@@ -572,3 +572,57 @@ def test_bedrock_token_headers_fill_what_the_body_left_out() -> None:
     claude = json_parser_for(BEDROCK_INVOKE)(capture("bedrock_invoke_claude.json"))
     apply_token_headers(claude, {"x-amzn-bedrock-input-token-count": "999"})
     assert claude.input_tokens == 12
+
+
+def test_azure_chat_stream_filter_chunk_first() -> None:
+    # Azure opens with a prompt-filter chunk whose model is "": the model comes from later chunks
+    u = _stream(AZURE, capture("azure_chat_stream.sse"))
+    assert (u.provider, u.api, u.model) == ("azure", "chat", "gpt-4o-2024-11-20")
+    assert (u.input_tokens, u.cache_read_tokens, u.output_tokens) == (1290, 1152, 6)
+    assert u.finish == "stop" and u.complete
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd", "deflate"])
+def test_encoded_stream_decoded_then_parsed_in_small_chunks(encoding: str) -> None:
+    import gzip
+    import zlib
+
+    import brotli
+    import zstandard
+
+    from halton_meter.providers.decode import IncrementalDecoder
+
+    raw = capture("anthropic_messages_stream.sse")
+    encoded = {
+        "gzip": gzip.compress,
+        "br": brotli.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+        "deflate": zlib.compress,
+    }[encoding](raw)
+    dec = IncrementalDecoder(encoding)
+    p = stream_parser_for(ANTHROPIC, SSE)
+    for i in range(0, len(encoded), 5):
+        p.feed(dec.decompress(encoded[i : i + 5]))
+    p.feed(dec.flush())
+    u = p.result()
+    assert (u.input_tokens, u.output_tokens) == (5310 + 10240 + 2051, 512)
+    assert u.complete and parse_error_count(u) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "ep"),
+    [
+        ("anthropic_messages_stream.sse", ANTHROPIC),
+        ("openai_chat_stream_usage.sse", OPENAI_CHAT),
+        ("openai_responses_stream.sse", OPENAI_RESPONSES),
+        ("gemini_stream.sse", GEMINI_STREAM),
+        ("openrouter_chat_stream.sse", OPENROUTER),
+        ("azure_chat_stream.sse", AZURE),
+    ],
+)
+def test_last_event_without_trailing_blank_line(name: str, ep: Endpoint) -> None:
+    data = capture(name)
+    full = _stream(ep, data)
+    cut = _stream(ep, data.rstrip(b"\r\n"))
+    assert cut == full
+    assert cut.complete
