@@ -51,50 +51,45 @@ def check_config(facts: ServiceFacts) -> list[Reason]:
     return [Reason("config_invalid", first, BROKEN, fix)]
 
 
-def _stopped_by_user(facts: ServiceFacts) -> bool:
-    """runtime.toml says `halton-meter stop` ran after the last start."""
-    state = str(facts.runtime.get("state") or facts.runtime.get("service") or "").lower()
-    if state:
-        return state == "stopped"
-    stopped, started = facts.runtime.get("stopped_at"), facts.runtime.get("started_at")
-    return bool(stopped) and (not started or str(stopped) >= str(started))
+def _runtime_state(facts: ServiceFacts) -> str:
+    """runtime.toml's ``state``: "started" after `start`, "stopped" after `stop` ("" when
+    the service side does not record it)."""
+    return str(facts.runtime.get("state") or "").lower()
 
 
 def _ever_started(facts: ServiceFacts) -> bool:
-    keys = ("state", "service", "started_at", "supervisord_pid", "pids")
-    return any(facts.runtime.get(k) for k in keys)
+    # runtime.toml is written when ports are negotiated, i.e. by the first start.
+    return bool(facts.runtime)
+
+
+def _left_behind(facts: ServiceFacts) -> list[str]:
+    """A clean supervisord shutdown removes its socket and pid file; a killed one leaves them."""
+    return [str(p) for p in (facts.home.socket, facts.home.supervisord_pid) if p.exists()]
 
 
 def check_supervisor(facts: ServiceFacts) -> list[Reason]:
     if _supervised(facts):
         return []
+    state = _runtime_state(facts)
+    leftovers = _left_behind(facts)
+    if state != "stopped" and (state == "started" or leftovers):
+        evidence = f" (left behind: {', '.join(leftovers)})" if leftovers else ""
+        return [
+            Reason(
+                "supervisord_unreachable",
+                f"supervisord does not answer on {facts.home.socket}, but the meter was started "
+                f"and not stopped: it died or was killed{evidence}.",
+                BROKEN,
+                START,
+            )
+        ]
     if not _ever_started(facts):
-        return [
-            Reason(
-                "not_running",
-                "Halton Meter is not running (never started in this home).",
-                BROKEN,
-                START,
-            )
-        ]
-    if _stopped_by_user(facts):
-        return [
-            Reason(
-                "not_running",
-                "Halton Meter is not running: it was stopped with `halton-meter stop`; nothing is metered.",
-                BROKEN,
-                START,
-            )
-        ]
-    return [
-        Reason(
-            "supervisord_unreachable",
-            f"supervisord does not answer on {facts.home.socket}, but the meter was started "
-            "and not stopped: it died or was killed.",
-            BROKEN,
-            START,
-        )
-    ]
+        message = "Halton Meter is not running (never started in this home)."
+    elif state == "stopped":
+        message = "Halton Meter is not running: it was stopped with `halton-meter stop`."
+    else:
+        message = "Halton Meter is not running."
+    return [Reason("not_running", message + " Nothing is being metered.", BROKEN, START)]
 
 
 def _program_down(facts: ServiceFacts) -> list[str]:

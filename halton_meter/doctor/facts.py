@@ -104,7 +104,9 @@ def _read_sentinel(home: Home) -> str | None:
 def _our_pids(
     home: Home, runtime: Mapping[str, Any], programs: Mapping[str, ProgramInfo] | None
 ) -> set[int]:
-    pids = {os.getpid()}
+    # Not this process: the CLI or API computing status is no parent of our listeners, and
+    # counting its children would hide a foreign listener started from the same shell.
+    pids: set[int] = set()
     for info in (programs or {}).values():
         if info.pid:
             pids.add(info.pid)
@@ -145,7 +147,7 @@ def gather_service(home: Home, *, program_infos: ProgramInfosFn | None = None) -
         role: [
             listener
             for listener in holders.get(port, [])
-            if not probes.is_ours(listener.pid, ours, home.root)
+            if listener.pid != os.getpid() and not probes.is_ours(listener.pid, ours, home.root)
         ]
         for role, port in roles.items()
     }

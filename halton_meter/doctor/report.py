@@ -97,15 +97,16 @@ def _uptime(seconds: Any) -> str:
 def _program_row(info: Mapping[str, Any] | None) -> str:
     if info is None:
         return "not running"
-    text = str(info.get("state"))
+    details = []
     if info.get("pid"):
-        text += f" (pid {info['pid']}"
-        up = _uptime(info.get("uptime_s"))
-        text += f", up {up}" if up else ""
-        text += ")"
+        details.append(f"pid {info['pid']}")
+    up = _uptime(info.get("uptime_s"))
+    if up:
+        details.append(f"up {up}")
     if isinstance(info.get("restarts"), int):
-        text += f", restarts {info['restarts']}"
-    return text
+        details.append(f"restarts {info['restarts']}")
+    text = str(info.get("state"))
+    return f"{text} ({', '.join(details)})" if details else text
 
 
 def _action(action: Any) -> str:

@@ -13,17 +13,19 @@ reasons into the state. Nothing else decides a state.
   CA variable names a file that is gone, the cloud sync is paused.
 - HEALTHY: none of the above.
 
-Decision, "not running" (no supervisord answering):
-- never started (no runtime state, no supervisord): BROKEN, reason ``not_running``, fix
-  ``halton-meter start``. This is the reference's "Cause 1: Daemon is not running".
-- stopped with ``halton-meter stop``: also BROKEN with ``not_running`` (the message says it
-  was stopped). Even in env-only mode, where a stopped meter breaks no tool, nothing is
-  being metered and ``halton-meter run <cmd>`` would fail to reach the edge; a monitoring
-  health check must not call that healthy. "While the mode expects it" therefore separates
-  the two *causes*, not the severity: a meter that was started and whose supervisord has
-  since vanished (killed, crashed) is reported as ``supervisord_unreachable``.
-- No install-mode sentinel means env-only, the default: a home where ``start`` ran without
-  ``init`` is a valid setup and can be HEALTHY.
+Decision, "not running" (no supervisord answering), always BROKEN with the fix
+``halton-meter start``; the reason names the cause:
+- ``not_running``: never started (no runtime.toml), or stopped with ``halton-meter stop``
+  (runtime ``state = "stopped"``, or a clean shutdown that left no socket behind). This is
+  the reference's "Cause 1: Daemon is not running". Even in env-only mode, where a stopped
+  meter breaks no tool, nothing is metered and ``halton-meter run <cmd>`` cannot reach the
+  edge: a monitoring health check must not call that healthy.
+- ``supervisord_unreachable``: the meter was started and not stopped (runtime
+  ``state = "started"``, or supervisord's socket or pid file is still there, which a clean
+  shutdown removes): it died, was killed, or hangs. That is "supervisord unreachable while
+  the mode expects it".
+No install-mode sentinel means env-only, the default: a home where ``start`` ran without
+``init`` is a valid setup and can be HEALTHY.
 
 Exit codes follow monitoring conventions: 0 HEALTHY, 1 INCONSISTENT, 2 BROKEN.
 """

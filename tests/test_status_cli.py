@@ -1,0 +1,126 @@
+"""`halton-meter status` as a subprocess: exit codes, the JSON contract, API or local."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hmtest import PYTHON, REPO, clean_env, free_port, wait_until
+
+from halton_meter.core.paths import Home
+from halton_meter.core.runtime import EffectivePorts, save_effective_ports
+
+CONTRACT_KEYS = {"state", "reasons", "ports", "programs", "install_mode", "unmetered"}
+
+
+def _status(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "halton_meter", "status", *args],
+        cwd=REPO,
+        env=clean_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_never_started_home_is_broken_with_the_fix(hm_home: Path) -> None:
+    out = _status(hm_home)
+    assert out.returncode == 2, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["state:", "BROKEN"]
+    assert any(line.split() == ["daemon:", "not", "running"] for line in lines)
+    assert any(line.split() == ["proxy-port:", "8081"] for line in lines)
+    assert any(line.split() == ["api-port:", "8765"] for line in lines)
+    assert any(line.split() == ["install-mode:", "env-only"] for line in lines)
+    assert any(line.strip() == "fix: halton-meter start" for line in lines)
+
+
+def test_never_started_json_contract(hm_home: Path) -> None:
+    out = _status(hm_home, "--json")
+    assert out.returncode == 2, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) >= CONTRACT_KEYS
+    assert doc["state"] == "BROKEN"
+    assert doc["reasons"][0]["id"] == "not_running"
+    assert {"id", "message"} <= set(doc["reasons"][0])
+    assert doc["ports"] == {"edge": 8081, "daemon": 8090, "api": 8765}
+    assert doc["programs"] == {}
+    assert doc["install_mode"] == "env-only"
+    assert doc["unmetered"] == 0
+    assert doc["source"] == "local"
+    assert sorted(p.name for p in hm_home.iterdir()) == []  # status wrote nothing
+
+
+def test_inconsistent_exit_code_is_1_only_when_nothing_is_broken(hm_home: Path) -> None:
+    # A gui sentinel alone would be INCONSISTENT; with the meter not running it is BROKEN.
+    (hm_home / "install-mode").write_text("gui\n")
+    out = _status(hm_home, "--json")
+    doc = json.loads(out.stdout)
+    assert out.returncode == 2
+    assert [r["id"] for r in doc["reasons"]] == ["not_running", "install_mode_legacy"]
+    assert doc["install_mode"] == "gui"
+
+
+@pytest.fixture
+def api_home(hm_home: Path) -> Iterator[tuple[Path, int]]:
+    ports = EffectivePorts(edge=free_port(), daemon=free_port(), api=free_port())
+    save_effective_ports(Home(hm_home), ports)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "halton_meter.api"],  # the effective api port, as under supervisord
+        cwd=REPO,
+        env=clean_env(hm_home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def up() -> bool:
+        with httpx.Client(trust_env=False, timeout=1) as client:
+            return client.get(f"http://127.0.0.1:{ports.api}/health").status_code == 200
+
+    try:
+        wait_until(lambda: proc.poll() is not None or up(), timeout=20, what="api")
+        assert proc.poll() is None
+        yield hm_home, ports.edge
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_status_asks_the_api_and_adds_this_shells_checks(
+    api_home: tuple[Path, int], tmp_path: Path
+) -> None:
+    home, edge = api_home
+    stale = tmp_path / "removed-venv" / "cacert.pem"
+    out = _status(
+        home, "--json", SSL_CERT_FILE=str(stale), HTTPS_PROXY=f"http://127.0.0.1:{edge + 1}"
+    )
+    doc = json.loads(out.stdout)
+    assert doc["source"] == "api"
+    ids = [r["id"] for r in doc["reasons"]]
+    # From the API: supervisord was never started here. From this shell: its variables.
+    assert ids[0] == "not_running"
+    assert {"stale_ca_variable", "client_port_stale"} <= set(ids)
+    assert out.returncode == 2 and doc["state"] == "BROKEN"
+
+
+def test_status_falls_back_to_local_when_the_api_refuses_the_token(
+    api_home: tuple[Path, int],
+) -> None:
+    home, _ = api_home
+    # Another home whose state names the same api port, with its own token: the API there
+    # answers 401, so status must compute from its own files instead of trusting it.
+    other = home.parent / "other"
+    other.mkdir(mode=0o700)
+    for name in ("effective-ports.json", "runtime.toml"):
+        (other / name).write_bytes((home / name).read_bytes())
+    (other / "api-token").write_text("not-the-api-token\n")
+    out = _status(other, "--json")
+    doc = json.loads(out.stdout)
+    assert doc["source"] == "local"
+    assert out.returncode == 2
+    assert _status(home, "--json").stdout.count('"source": "api"') == 1
