@@ -1,0 +1,93 @@
+"""What the sync reads from the store: rows after the cursor, in insertion order.
+
+Order is the store's ``seq`` (AUTOINCREMENT, assigned at insert, never reused), not ``ts``:
+a row written late with an older ``ts`` still gets a higher ``seq`` than everything before
+it, so a cursor on ``seq`` never skips it. SQLite admits one writer at a time, so a reader
+never sees seq N+1 committed while seq N is still to come.
+
+Rows go out in the ``report --json`` shape (codec.record) with their ids. The local body
+file paths are left out; bodies themselves go only when ``[cloud] send_bodies = true``, then
+as base64 in ``request_body_b64`` / ``response_body_b64``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from halton_meter.core.paths import Home
+from halton_meter.store import db
+from halton_meter.store.codec import ROW_FIELDS, record
+
+_LOCAL_ONLY = ("request_body_path", "response_body_path")
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    seq: int
+    id: str
+    payload: dict[str, Any]
+
+
+@contextlib.contextmanager
+def open_store(home: Home) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection, or None while the daemon has not created the store yet."""
+    try:
+        conn = db.connect(home.db, readonly=True)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def pending_count(conn: sqlite3.Connection | None, cursor: int) -> int:
+    if conn is None or not db.has_requests_table(conn):
+        return 0
+    return int(conn.execute("SELECT count(*) FROM requests WHERE seq > ?", (cursor,)).fetchone()[0])
+
+
+def read_pending(
+    conn: sqlite3.Connection | None,
+    cursor: int,
+    limit: int,
+    *,
+    home: Home,
+    send_bodies: bool,
+) -> list[PendingRow]:
+    if conn is None or not db.has_requests_table(conn):
+        return []
+    columns = ", ".join(ROW_FIELDS)
+    cur = conn.execute(
+        f"SELECT seq, {columns} FROM requests WHERE seq > ? ORDER BY seq LIMIT ?",
+        (cursor, limit),
+    )
+    out: list[PendingRow] = []
+    for values in cur:
+        payload = record(list(ROW_FIELDS), values[1:])
+        if send_bodies:
+            _attach_bodies(payload, home.bodies)
+        for name in _LOCAL_ONLY:
+            payload.pop(name, None)
+        out.append(PendingRow(seq=int(values[0]), id=str(payload["id"]), payload=payload))
+    return out
+
+
+def _attach_bodies(payload: dict[str, Any], root: Path) -> None:
+    for kind in ("request", "response"):
+        rel = payload.get(f"{kind}_body_path")
+        if not rel:
+            continue
+        path = root / str(rel)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue  # pruned or never completed: the row still goes
+        payload[f"{kind}_body_b64"] = base64.b64encode(data).decode("ascii")
