@@ -626,3 +626,14 @@ def test_last_event_without_trailing_blank_line(name: str, ep: Endpoint) -> None
     cut = _stream(ep, data.rstrip(b"\r\n"))
     assert cut == full
     assert cut.complete
+
+
+def test_responses_session_notes_client_request_model() -> None:
+    session = ResponsesSession()
+    assert session.on_message('{"type":"response.create","model":"gpt-5-codex","input":[]}') is None
+    partial = session.partial()
+    assert partial is not None and partial.model == "gpt-5-codex" and partial.input_tokens is None
+    done = None
+    for m in _sse_events("openai_responses_stream.sse"):
+        done = session.on_message(m) or done
+    assert done is not None and done.model == "gpt-5-2025-08-07" and done.input_tokens == 2048

@@ -27,7 +27,10 @@ class Usage:
     reasoning_tokens: int | None = None
     server_tool_use: dict[str, int] | None = None
     billed_cost_usd: Decimal | None = None  # a cost the provider reports itself (OpenRouter)
-    raw_usage: Any = None  # the provider's own usage object(s), kept verbatim
+    # The provider's own usage object, kept verbatim (for a stream, the final one; Anthropic's
+    # is message_start's usage with message_delta's cumulative fields written over it).
+    # Non-integer numbers are Decimals: store it with dump_raw_usage().
+    raw_usage: Any = None
     finish: str | None = None  # stop reason / terminal event (e.g. response.incomplete)
     error: str | None = None  # an error the provider reported in-band
     complete: bool = False  # the parser saw the end of the response
@@ -70,7 +73,7 @@ def dump_raw_usage(raw: Any) -> str | None:
     """``raw_usage`` as JSON text for storage. Decimals (exact money) become strings."""
     if raw is None:
         return None
-    return json.dumps(raw, default=_json_default, separators=(",", ":"), sort_keys=True)
+    return json.dumps(raw, default=_json_default, separators=(",", ":"))
 
 
 def _json_default(value: Any) -> Any:

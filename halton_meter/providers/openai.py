@@ -224,6 +224,8 @@ def parse_responses_ws_message(
 class ResponsesSession:
     """Follows a WebSocket carrying several responses: one Usage per terminal event.
 
+    Feed it server messages (and, optionally, client ones: ``response.create`` is noted).
+
     ``response.created`` names the model early, so a response that never terminates can
     still be reported with ``partial()``.
     """
@@ -242,6 +244,14 @@ class ResponsesSession:
             self._current.parse_error("WebSocket message is not JSON")
             return None
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+            return None
+        if obj["type"] == "response.create":
+            # the client's request (if the caller feeds both directions): a new response
+            # starts, and the model it asks for names a partial row until the server says
+            self._current = ResponsesHandler(self._provider, self._api)
+            model = obj.get("model") or as_dict(obj.get("response")).get("model")
+            if isinstance(model, str) and model:
+                self._current.u.model = model
             return None
         if not obj["type"].startswith("response.") and obj["type"] != "error":
             return None
