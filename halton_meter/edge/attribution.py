@@ -22,7 +22,7 @@ Every answer names the tier that produced it (stored on the row, logged as
     from its current one. Each folder goes through ``.haltonrc`` and git, else its basename.
 ``4b``
     The slug -> path registry: a registered path containing the working directory (or one of
-    the folders above), or a registered slug equal to one of their basenames.
+    the folders above), or a registered slug equal to one of their basenames (exactly, else loosely as in 4c).
 ``4c``
     The registry again, matched loosely (case, ``-``/``_``/space/dot) against weaker guesses:
     values of ``--title``/``--window-title``/``--project``/``--workspace``/``--folder``/
@@ -168,6 +168,9 @@ class Attributor:
             registered = self.registry.get(slug)
             if registered is not None:
                 return Attribution(slug, "4b", registered)
+            loose = self.registry.lookup_normalized(slug)
+            if loose is not None:
+                return Attribution(loose[0], "4b", loose[1])
 
         weak_slugs = _unique(_weak_guesses(ident.chain))
         for slug in weak_slugs:

@@ -112,14 +112,13 @@ class PidFinder:
             seen.add(pid)
             if _pid_holds(pid, target):
                 return pid
-        me = os.getpid()
         with contextlib.suppress(OSError):
             for entry in os.scandir("/proc"):
                 name = entry.name
                 if not name.isdigit():
                     continue
                 pid = int(name)
-                if pid in seen or pid == me:
+                if pid in seen:
                     continue
                 if _pid_holds(pid, target):
                     return pid
@@ -134,13 +133,13 @@ class PidFinder:
                             return True
             return False
 
-        for pid in self._recent_pids():
+        seen = self._recent_pids()
+        for pid in seen:
             with contextlib.suppress(psutil.Error):
                 if owns(psutil.Process(pid)):
                     return pid
-        me = os.getpid()
         for proc in psutil.process_iter():
-            if proc.pid != me and owns(proc):
+            if proc.pid not in seen and owns(proc):
                 return proc.pid
         return None
 
