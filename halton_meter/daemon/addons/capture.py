@@ -61,6 +61,7 @@ class FlowState:
     response: BodyReader | None = None
     # Called with the row just before it is written (body files close, paths are filled).
     closers: list[Callable[[Row], None]] = field(default_factory=list)
+    request_streamed: bool = False
     error_type_header: str | None = None  # Bedrock names its error type in a header
     done: bool = False
 
@@ -127,8 +128,23 @@ class Capture:
         flow.metadata[METADATA_KEY] = state
         self._live[flow.id] = (flow, state)
         self.stats.live_flows = len(self._live)
-        # Stream the upload too: a 10 MiB request is passed on, never held whole.
-        req.stream = Tee(reader.feed, reader.finish, self._tee_error(state, "request"))
+        declared = _content_length(req.headers)
+        if declared is None or declared > REQUEST_KEEP_LIMIT:
+            # Large or of unknown length: streamed on, never held whole (a 10 MiB upload).
+            state.request_streamed = True
+            req.stream = Tee(reader.feed, reader.finish, self._tee_error(state, "request"))
+        # Otherwise mitmproxy buffers it (small) and the `request` hook reads it: the body
+        # is then known even when the upstream cannot be reached.
+
+    @fail_open("addon.capture.error")
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is None or state.request_streamed:
+            return
+        raw = flow.request.raw_content
+        if raw:
+            state.request.feed(raw)
+        state.request.finish()
 
     @fail_open("addon.capture.error")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -312,3 +328,8 @@ def _apply_usage(row: Row, usage: Usage) -> None:
     row.reasoning_tokens = usage.reasoning_tokens
     row.usage_json = dump_raw_usage(usage.raw_usage)
     row.billed_cost_usd = usage.billed_cost_usd
+
+
+def _content_length(headers: http.Headers) -> int | None:
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
