@@ -66,6 +66,7 @@ class ProviderSim:
                 loop.run_forever()
             finally:
                 loop.run_until_complete(self._stop_servers())
+                _cancel_all(loop)
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="halton-provider-sim", daemon=True)
@@ -170,3 +171,12 @@ class ProviderSim:
 
     def log(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.requests]
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel and reap connection tasks so a stopped simulator leaves no pending task behind."""
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
