@@ -7,12 +7,15 @@ the supervision tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -333,6 +336,53 @@ def test_daemon_down_and_edge_failing_open(setup: Setup) -> None:
     assert _ids(doc) == ["failing_open"]
     assert "3 unmetered" in doc["reasons"][0]["message"]
     assert doc["unmetered"] == 3
+
+
+def _edge_stats(setup: Setup, at: datetime, reachable: bool | None) -> None:
+    setup.home.edge_stats.write_text(
+        json.dumps(
+            {
+                "unmetered_total": 7,
+                "last_fail_open": {
+                    "host": "api.anthropic.com",
+                    "reason": "daemon_unreachable",
+                    "at": at.isoformat(timespec="milliseconds"),
+                },
+                "daemon_reachable": reachable,
+            }
+        )
+    )
+
+
+def _started(seconds_ago: float) -> Callable[[Home], dict[str, ProgramInfo]]:
+    base = _running()
+
+    def infos(home: Home) -> dict[str, ProgramInfo]:
+        out = base(home)
+        out["daemon"] = dataclasses.replace(out["daemon"], start=int(time.time() - seconds_ago))
+        return out
+
+    return infos
+
+
+def test_edge_failing_open_while_the_daemon_looks_up(setup: Setup) -> None:
+    setup.listen("edge", "daemon", "api")
+    _edge_stats(setup, datetime.now(UTC), reachable=False)
+    doc = setup.status(_started(60))
+    assert doc["state"] == INCONSISTENT
+    assert _ids(doc) == ["failing_open"]
+    assert "api.anthropic.com" in doc["reasons"][0]["message"]
+    assert "7 unmetered" in doc["reasons"][0]["message"]
+
+
+def test_fail_open_before_the_daemon_restarted_is_history(setup: Setup) -> None:
+    setup.listen("edge", "daemon", "api")
+    _edge_stats(setup, datetime.now(UTC) - timedelta(hours=1), reachable=False)
+    doc = setup.status(_started(60))
+    assert doc["state"] == HEALTHY, doc["reasons"]
+    assert doc["unmetered"] == 7  # still shown as a count
+    _edge_stats(setup, datetime.now(UTC), reachable=True)  # a hand-over succeeded since
+    assert setup.status(_started(60))["state"] == HEALTHY
 
 
 def test_daemon_program_down_is_broken_and_also_says_failing_open(setup: Setup) -> None:

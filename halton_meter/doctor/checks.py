@@ -8,6 +8,8 @@ client checks see the environment and rc files of the shell that runs the comman
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from halton_meter.doctor.facts import (
@@ -212,22 +214,47 @@ def check_edge_accepts(facts: ServiceFacts) -> list[Reason]:
     ]
 
 
+def _fail_open_since_daemon_start(facts: ServiceFacts) -> dict[str, Any] | None:
+    """The edge's last fail-open, when it happened after the running daemon started and no
+    hand-over has succeeded since: the count is rising while the daemon looks up."""
+    last = facts.edge_stats.get("last_fail_open")
+    if facts.edge_stats.get("daemon_reachable") is not False or not isinstance(last, dict):
+        return None
+    try:
+        at = datetime.fromisoformat(str(last.get("at"))).timestamp()
+    except ValueError:
+        return None
+    daemon = (facts.programs or {}).get("daemon")
+    started = daemon.start if daemon is not None and daemon.start else None
+    return last if started is None or at >= started else None
+
+
 def check_failing_open(facts: ServiceFacts) -> list[Reason]:
     if not _supervised(facts) or not facts.accepting.get("edge"):
         return []
     daemon = (facts.programs or {}).get("daemon")
-    daemon_down = not facts.accepting.get("daemon") or (
-        daemon is not None and daemon.state != "RUNNING"
-    )
-    if not daemon_down:
+    fix = f"tail -n 100 {facts.home.daemon_err_log}; then {RESTART}"
+    if not facts.accepting.get("daemon") or (daemon is not None and daemon.state != "RUNNING"):
+        return [
+            Reason(
+                "failing_open",
+                f"the daemon does not accept on port {facts.ports.daemon}; the edge is failing "
+                f"open: LLM traffic flows but is not metered ({facts.unmetered} unmetered so far).",
+                INCONSISTENT,
+                fix,
+            )
+        ]
+    last = _fail_open_since_daemon_start(facts)
+    if last is None:
         return []
     return [
         Reason(
             "failing_open",
-            f"the daemon does not accept on port {facts.ports.daemon}; the edge is failing open: "
-            f"LLM traffic flows but is not metered ({facts.unmetered} unmetered so far).",
+            f"the edge could not hand {last.get('host')} to the daemon at {last.get('at')} "
+            f"({last.get('reason')}) and has not since; it is failing open: LLM traffic is not "
+            f"metered ({facts.unmetered} unmetered so far).",
             INCONSISTENT,
-            f"tail -n 100 {facts.home.daemon_err_log}; then {RESTART}",
+            f"tail -n 100 {facts.home.edge_err_log}; {fix}",
         )
     ]
 
