@@ -637,3 +637,49 @@ def test_responses_session_notes_client_request_model() -> None:
     for m in _sse_events("openai_responses_stream.sse"):
         done = session.on_message(m) or done
     assert done is not None and done.model == "gpt-5-2025-08-07" and done.input_tokens == 2048
+
+
+def test_chat_stream_complete_without_done_marker() -> None:
+    # some OpenAI-compatible servers end with the finish_reason chunk and no [DONE]
+    data = capture("openai_chat_stream_usage.sse").replace(b"data: [DONE]\n\n", b"")
+    u = _stream(COMPATIBLE, data)
+    assert u.complete and u.input_tokens == 1817
+    cut = capture("openai_chat_stream_usage.sse").split(b'"finish_reason":"stop"')[0]
+    assert not _stream(COMPATIBLE, cut).complete
+
+
+def test_stream_parsers_survive_mutated_captures() -> None:
+    import random
+
+    cases = [
+        ("anthropic_messages_stream.sse", ANTHROPIC, SSE),
+        ("openai_chat_stream_usage.sse", OPENAI_CHAT, SSE),
+        ("openai_responses_stream.sse", OPENAI_RESPONSES, SSE),
+        ("gemini_stream.sse", GEMINI_STREAM, SSE),
+        ("gemini_stream_array.json", GEMINI_STREAM, "application/json"),
+        ("openrouter_chat_stream.sse", OPENROUTER, SSE),
+    ]
+    # structurally valid JSON with the wrong types where numbers and objects belong
+    odd = (
+        b'data: {"type":"message_start","message":{"model":5,"usage":{"input_tokens":"9","cache_creation":[1]}}}\n\n'
+        b'data: {"type":"message_delta","delta":null,"usage":{"output_tokens":true,"server_tool_use":"x"}}\n\n'
+        b'data: {"choices":5,"usage":{"prompt_tokens":1.5,"prompt_tokens_details":[]},"model":null}\n\n'
+        b'data: {"type":"response.completed","response":{"usage":[],"status":7,"incomplete_details":"x"}}\n\n'
+        b'data: {"candidates":[null,1,{"finishReason":3}],"usageMetadata":{"promptTokenCount":{}}}\n\n'
+        b"data: [1, 2, 3]\n\n"
+    )
+    for name, ep, ct in cases:
+        data = capture(name)
+        for seed in range(30):
+            rnd = random.Random(seed)
+            mutated = bytearray(data)
+            for _ in range(rnd.randint(1, 12)):
+                mutated[rnd.randrange(len(mutated))] = rnd.randrange(256)
+            p = stream_parser_for(ep, ct)
+            for i in range(0, len(mutated), 17):
+                p.feed(bytes(mutated[i : i + 17]))
+            assert isinstance(p.result(), Usage)
+        p = stream_parser_for(ep, SSE)
+        p.feed(odd)
+        u = p.result()
+        assert u.input_tokens is None or isinstance(u.input_tokens, int)

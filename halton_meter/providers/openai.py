@@ -113,6 +113,9 @@ class ChatHandler(Handler):
         finish = _chat_finish(obj)
         if finish is not None:
             self.u.finish = finish
+            # Not every compatible server sends [DONE]; a finish reason ends the answer too
+            # (an include_usage chunk may still follow, and is read if it does).
+            self.u.complete = True
         usage = _chat_usage_of(obj)
         if usage is not None:
             # counts are totals for the whole response: the last report wins

@@ -84,7 +84,7 @@ class SseStreamParser:
                     h.on_text(ev.data, ev.event)
             return h.snapshot()
         except Exception as e:
-            u = self._h.snapshot()
+            u = Usage(provider=self._h.u.provider, api=self._h.u.api)
             note_parse_error(u, f"{type(e).__name__}: {e}")
             return u
 
@@ -104,7 +104,11 @@ class JsonArrayStreamParser:
             self._h.parse_error(f"{type(e).__name__}: {e}")
 
     def result(self) -> Usage:
-        u = self._h.snapshot()
+        try:
+            u = self._h.snapshot()
+        except Exception as e:
+            u = Usage(provider=self._h.u.provider, api=self._h.u.api)
+            note_parse_error(u, f"{type(e).__name__}: {e}")
         if self._split.closed and u.error is None:
             u.complete = True
         return u
@@ -125,7 +129,11 @@ class EventStreamParser:
             self._h.parse_error(f"{type(e).__name__}: {e}")
 
     def result(self) -> Usage:
-        u = self._h.snapshot()
+        try:
+            u = self._h.snapshot()
+        except Exception as e:
+            u = Usage(provider=self._h.u.provider, api=self._h.u.api)
+            note_parse_error(u, f"{type(e).__name__}: {e}")
         if self._dec.buffered:
             u.extra["truncated_bytes"] = self._dec.buffered
         return u
