@@ -45,6 +45,15 @@ def _seed(home: Path) -> None:
                 api_equivalent=True,
             ),
             make_row(id="unknown", model="no-such-model-xyz", cost_usd=None),
+            make_row(
+                id="flex",
+                model="gpt-5",
+                api="responses",
+                service_tier="flex",
+                input_tokens=1_000_000,
+                output_tokens=0,
+                cost_usd=None,
+            ),
             make_row(id="already", cost_usd=Decimal("0.5")),
         ],
     )
@@ -59,12 +68,12 @@ def test_dry_run_then_apply_then_idempotent(hm_home: Path) -> None:
     dry = run_cli(hm_home, "reprice", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "known" in dry.stdout and "sub" in dry.stdout and "unknown" not in dry.stdout
-    assert "Would price 2 of 3 unpriced rows" in dry.stdout
+    assert "Would price 3 of 4 unpriced rows" in dry.stdout
     assert _rows(hm_home) == before  # nothing written
 
     applied = run_cli(hm_home, "reprice")
     assert applied.returncode == 0, applied.stderr
-    assert "Priced 2 of 3 unpriced rows" in applied.stdout
+    assert "Priced 3 of 4 unpriced rows" in applied.stdout
     after = _rows(hm_home)
     assert after["known"]["priced"] is True
     assert Decimal(after["known"]["cost_usd"]) == expected.cost_usd
@@ -72,6 +81,12 @@ def test_dry_run_then_apply_then_idempotent(hm_home: Path) -> None:
     assert after["sub"]["priced"] is True and after["sub"]["price_note"] == "api-equivalent"
     assert after["unknown"]["priced"] is False and after["unknown"]["cost_usd"] is None
     assert after["already"]["cost_usd"] == "0.5"
+    # the stored service tier is a pricing input: flex is half the standard gpt-5 rate
+    standard = pricing.price(
+        usage_from_record({**before["flex"], "service_tier": None}), BASE_TS
+    ).cost_usd
+    assert standard is not None
+    assert Decimal(after["flex"]["cost_usd"]) * 2 == standard
 
     again = run_cli(hm_home, "reprice")
     assert again.returncode == 0, again.stderr
@@ -81,8 +96,8 @@ def test_dry_run_then_apply_then_idempotent(hm_home: Path) -> None:
     report = run_cli(hm_home, "report", "--json")
     totals = json.loads(report.stdout)["totals"]
     assert totals["unpriced"] == 1
-    assert Decimal(totals["cost_usd"]) == Decimal("0.5") + expected.cost_usd + Decimal(
-        after["sub"]["cost_usd"]
+    assert Decimal(totals["cost_usd"]) == sum(
+        Decimal(after[k]["cost_usd"]) for k in ("already", "known", "sub", "flex")
     )
 
 

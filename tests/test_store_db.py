@@ -106,9 +106,24 @@ def test_migration_from_an_older_version_keeps_rows(hm_home: Path) -> None:
     with contextlib.closing(db.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == db.schema_version()
         assert "idx_requests_unpriced" in _indexes(conn)
+        assert "service_tier" in _columns(conn)
         rows = queries.query_rows(conn)
     assert [r["id"] for r in rows] == ["old1"]
-    assert rows[0]["cost_usd"] == "0.5"
+    assert rows[0]["cost_usd"] == "0.5" and rows[0]["service_tier"] is None
+
+
+def test_a_reader_upgrades_an_older_schema(hm_home: Path) -> None:
+    # halton-meter upgraded while the daemon was stopped: `report` still works.
+    path = Home.resolve().db
+    conn = sqlite3.connect(path)
+    for step in db.MIGRATIONS[:2]:
+        step(conn)
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with contextlib.closing(db.connect(path, readonly=True)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.schema_version()
+        assert queries.query_rows(conn) == []
 
 
 def test_migration_steps_run_once_and_in_order(
@@ -119,14 +134,14 @@ def test_migration_steps_run_once_and_in_order(
         pass
     calls: list[int] = []
 
-    def _v3(conn: sqlite3.Connection) -> None:
+    def _vnext(conn: sqlite3.Connection) -> None:
         calls.append(1)
         conn.execute("ALTER TABLE requests ADD COLUMN extra_field TEXT")
 
-    monkeypatch.setattr(db, "MIGRATIONS", [*db.MIGRATIONS, _v3])
+    monkeypatch.setattr(db, "MIGRATIONS", [*db.MIGRATIONS, _vnext])
     for _ in range(2):
         with contextlib.closing(db.connect(path)) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(db.MIGRATIONS)
             assert "extra_field" in _columns(conn)
     assert calls == [1]
 
@@ -145,7 +160,7 @@ def test_failed_migration_rolls_back(hm_home: Path, monkeypatch: pytest.MonkeyPa
         db.connect(path)
     monkeypatch.undo()
     with contextlib.closing(db.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.schema_version()
         assert "half_done" not in _columns(conn)
 
 

@@ -42,6 +42,21 @@ def usage_from_record(rec: dict[str, Any]) -> Usage:
         with contextlib.suppress(ValueError):
             raw = json.loads(rec["usage_json"])
     billed = rec.get("billed_cost_usd")
+    fields = raw if isinstance(raw, dict) else {}
+    extra: dict[str, Any] = {}
+    # Pricing context the daemon passed to the pricer: the row's column, else the raw usage
+    # (Anthropic reports service_tier and speed inside its usage object).
+    tier = rec.get("service_tier") or fields.get("service_tier")
+    if isinstance(tier, str):
+        extra["service_tier"] = tier
+    if isinstance(fields.get("speed"), str):
+        extra["speed"] = fields["speed"]
+    tools = fields.get("server_tool_use")
+    server_tool_use = (
+        {k: v for k, v in tools.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if isinstance(tools, dict)
+        else None
+    )
     return Usage(
         provider=rec.get("provider") or "",
         api=rec.get("api") or "",
@@ -55,7 +70,9 @@ def usage_from_record(rec: dict[str, Any]) -> Usage:
         reasoning_tokens=rec.get("reasoning_tokens"),
         billed_cost_usd=Decimal(billed) if billed is not None else None,
         raw_usage=raw,
+        server_tool_use=server_tool_use or None,
         complete=not rec.get("partial", False),
+        extra=extra,
     )
 
 

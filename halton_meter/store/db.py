@@ -101,8 +101,16 @@ def _v2_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_requests_unpriced ON requests (ts) WHERE priced = 0")
 
 
+def _v3_service_tier(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE requests ADD COLUMN service_tier TEXT")
+
+
 # Append only: step N (1-based) takes user_version N-1 to N. Never edit a shipped step.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1_requests, _v2_indexes]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v1_requests,
+    _v2_indexes,
+    _v3_service_tier,
+]
 
 
 def schema_version() -> int:

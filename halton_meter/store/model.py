@@ -42,6 +42,9 @@ class Row:
     cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
     usage_json: str | None = None
+    # a pricing input some APIs report outside the usage object (OpenAI flex/priority);
+    # kept so `reprice` prices like the daemon would have (schema v3)
+    service_tier: str | None = None
     # money: exact, never a float
     cost_usd: Decimal | None = None
     priced: bool = False
