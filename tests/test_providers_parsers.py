@@ -355,15 +355,17 @@ def test_bedrock_converse_stream_frames() -> None:
             es_event("messageStop", b'{"p":"abcdefghijklmnopq","stopReason":"end_turn"}'),
             es_event(
                 "metadata",
-                b'{"metrics":{"latencyMs":812},"p":"abc","usage":{"cacheReadInputTokens":2048,'
-                b'"cacheWriteInputTokens":0,"inputTokens":19,"outputTokens":64,"totalTokens":2131}}',
+                b'{"metrics":{"latencyMs":812},"p":"abc","usage":{"cacheDetails":[{"inputTokens":100,'
+                b'"ttl":"1h"},{"inputTokens":50,"ttl":"5m"}],"cacheReadInputTokens":2048,'
+                b'"cacheWriteInputTokens":150,"inputTokens":19,"outputTokens":64,"totalTokens":2281}}',
             ),
         ]
     )
     u = _stream(BEDROCK_CONVERSE_STREAM, data, EVENTSTREAM)
     assert (u.provider, u.api) == ("bedrock", "bedrock_converse_stream")
-    assert u.input_tokens == 19 + 2048
-    assert (u.output_tokens, u.cache_read_tokens, u.cache_write_tokens) == (64, 2048, 0)
+    assert u.input_tokens == 19 + 2048 + 150
+    assert (u.output_tokens, u.cache_read_tokens, u.cache_write_tokens) == (64, 2048, 150)
+    assert (u.cache_write_5m_tokens, u.cache_write_1h_tokens) == (50, 100)
     assert u.finish == "end_turn" and u.complete
     assert u.extra["bedrock_metrics"] == {"latencyMs": 812}
 
