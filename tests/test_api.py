@@ -266,3 +266,30 @@ def test_no_access_log_noise_on_stdout(api: Api) -> None:
     out = api.proc.stdout.read().decode() if api.proc.stdout else ""
     assert "GET /health" not in out
     assert "api.start" in out  # our own structured start event, nothing else per request
+
+
+def test_a_taken_port_fails_with_an_event_not_a_hang(hm_home: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        proc = _start_api(hm_home, holder.getsockname()[1])
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            _stop(proc)
+    assert proc.returncode != 0
+    assert "address already in use" in err.decode()
+    assert '"event": "api.startup_failed"' in err.decode()
+
+
+def test_an_invalid_config_exits_with_the_message(hm_home: Path) -> None:
+    (hm_home / "config.toml").write_text("api_host = \n")
+    proc = _start_api(hm_home, free_port())
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        _stop(proc)
+    assert proc.returncode == 3
+    assert "config.toml" in err.decode() and "Fix:" in err.decode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from halton_meter.core.paths import Home
 
@@ -51,9 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port if args.port is not None else load_effective_ports(home).api
     app = create_app(home)
     log.info("api.start", host=config.api_host, port=port, pid=os.getpid(), home=str(home.root))
+    try:
+        _serve(uvicorn, app, config.api_host, port)
+    except SystemExit as exc:
+        # uvicorn exits 3 when it cannot start (typically: the port is taken); its own message
+        # is on stderr already, this is the event tests and the watchdog can match.
+        if exc.code not in (0, None):
+            log.error("api.startup_failed", host=config.api_host, port=port, exit_code=exc.code)
+        raise
+    log.info("api.stop", pid=os.getpid())
+    return 0
+
+
+def _serve(uvicorn: Any, app: Any, host: str, port: int) -> None:
     uvicorn.run(
         app,
-        host=config.api_host.strip("[]"),
+        host=host.strip("[]"),
         port=port,
         access_log=False,
         log_config=None,  # our structlog setup owns the output; no uvicorn banner noise
@@ -63,8 +77,6 @@ def main(argv: list[str] | None = None) -> int:
         date_header=False,
         lifespan="off",
     )
-    log.info("api.stop", pid=os.getpid())
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ import typer
 
 from halton_meter.core.paths import Home
 
+# The API asks supervisord over RPC before it answers; give it that long before computing here.
+STATUS_TIMEOUT_S = 6.0
+
 
 def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -25,7 +28,7 @@ def status(
 
     home = Home.resolve()
     env = dict(os.environ)
-    remote = api_get(home, "/v1/status")
+    remote = api_get(home, "/v1/status", timeout=STATUS_TIMEOUT_S)
     if remote is not None and isinstance(remote.get("ports"), dict):
         document = with_client_checks({**remote, "source": "api"}, env)
     else:
