@@ -168,7 +168,9 @@ class EdgeServer:
 
     def _check_client(self, ident: ClientIdentity, host: str) -> None:
         if ident.meter_program is not None:
-            self._refuse_loop(host, "meter_process", program=ident.meter_program, pid=ident.pid)
+            self._refuse_loop(
+                host, "meter_process", meter_program=ident.meter_program, pid=ident.pid
+            )
 
     async def _identify(self, writer: asyncio.StreamWriter) -> ClientIdentity:
         peer = writer.get_extra_info("peername")
