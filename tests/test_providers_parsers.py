@@ -685,3 +685,23 @@ def test_stream_parsers_survive_mutated_captures() -> None:
         p.feed(odd)
         u = p.result()
         assert u.input_tokens is None or isinstance(u.input_tokens, int)
+
+
+def test_a_failing_event_handler_neither_breaks_nor_replays_the_stream() -> None:
+    from halton_meter.providers._common import Handler
+    from halton_meter.providers.parsers import SseStreamParser
+
+    seen: list[object] = []
+
+    class Flaky(Handler):
+        def on_object(self, obj: object, event: str | None = None) -> None:
+            seen.append(obj)
+            if obj == 2:
+                raise RuntimeError("boom")
+
+    p = SseStreamParser(Flaky("openai", "chat"))
+    p.feed(b"data: 1\n\ndata: 2\n\ndata: 3\n\n")
+    p.feed(b"data: 4\n\n")
+    assert seen == [1, 2, 3, 4]  # each event once, the ones after the failure too
+    u = p.result()
+    assert parse_error_count(u) == 1 and "boom" in u.extra["parse_errors"][0]

@@ -69,10 +69,15 @@ class SseStreamParser:
 
     def feed(self, chunk: bytes) -> None:
         try:
-            for ev in self._sse.feed(chunk):
-                self._h.on_text(ev.data, ev.event)
+            events = self._sse.feed(chunk)
         except Exception as e:  # a parser must never break the stream it reads
             self._h.parse_error(f"{type(e).__name__}: {e}")
+            return
+        for ev in events:
+            try:
+                self._h.on_text(ev.data, ev.event)
+            except Exception as e:
+                self._h.parse_error(f"{type(e).__name__}: {e}")
 
     def result(self) -> Usage:
         h = self._h
@@ -99,7 +104,13 @@ class JsonArrayStreamParser:
     def feed(self, chunk: bytes) -> None:
         try:
             for element in self._split.feed(chunk):
-                self._h.on_text(element.decode("utf-8", errors="replace"))
+                self._safe(self._h.on_text, element.decode("utf-8", errors="replace"))
+        except Exception as e:
+            self._h.parse_error(f"{type(e).__name__}: {e}")
+
+    def _safe(self, fn: Callable[[str], None], arg: str) -> None:
+        try:
+            fn(arg)
         except Exception as e:
             self._h.parse_error(f"{type(e).__name__}: {e}")
 
@@ -124,8 +135,11 @@ class EventStreamParser:
     def feed(self, chunk: bytes) -> None:
         try:
             for msg in self._dec.feed(chunk):
-                self._h.on_message(msg)
-        except Exception as e:
+                try:
+                    self._h.on_message(msg)
+                except Exception as e:
+                    self._h.parse_error(f"{type(e).__name__}: {e}")
+        except Exception as e:  # broken framing: reported once, the rest is ignored
             self._h.parse_error(f"{type(e).__name__}: {e}")
 
     def result(self) -> Usage:

@@ -35,19 +35,20 @@ class SseDecoder:
         self._id: str | None = None
         self._first_line = True
 
-    def feed(self, chunk: bytes) -> Iterator[SseEvent]:
-        """Events completed by this chunk, in order."""
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """Events completed by this chunk, in order (all consumed before returning)."""
         if not chunk:
-            return
+            return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         self._buf += chunk
-        yield from self._drain_lines()
+        events = self._drain_lines()
         if len(self._buf) > MAX_LINE_BYTES:
             self._buf.clear()
             raise SseLineTooLong(f"event-stream line longer than {MAX_LINE_BYTES} bytes")
+        return events
 
     def close(self) -> Iterator[SseEvent]:
         """End of stream: the last line and event even without their terminators."""
@@ -68,7 +69,8 @@ class SseDecoder:
             buf, self._event, self._data, self._id, self._first_line = saved
             self._buf = bytearray(buf)
 
-    def _drain_lines(self) -> Iterator[SseEvent]:
+    def _drain_lines(self) -> list[SseEvent]:
+        events: list[SseEvent] = []
         buf = self._buf
         start = 0
         n = len(buf)
@@ -95,10 +97,11 @@ class SseDecoder:
             if not line:
                 event = self._dispatch()
                 if event is not None:
-                    yield event
+                    events.append(event)
             else:
                 self._line(line)
         del buf[:start]
+        return events
 
     def _line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", errors="replace")
