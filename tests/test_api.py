@@ -67,11 +67,10 @@ def _healthy(url: str) -> bool:
         return client.get(url + "/health").status_code == 200
 
 
-@pytest.fixture
-def api(hm_home: Path) -> Iterator[Api]:
+def _running_api(home: Path) -> Iterator[Api]:
     port = free_port()
-    proc = _start_api(hm_home, port)
-    running = Api(proc, port, hm_home)
+    proc = _start_api(home, port)
+    running = Api(proc, port, home)
     try:
         wait_until(
             lambda: proc.poll() is not None or _healthy(running.url), timeout=20, what="api /health"
@@ -82,25 +81,38 @@ def api(hm_home: Path) -> Iterator[Api]:
         _stop(proc)
 
 
-def test_health_is_open_and_names_the_version(api: Api) -> None:
+@pytest.fixture
+def api(hm_home: Path) -> Iterator[Api]:
+    yield from _running_api(hm_home)
+
+
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One API for the read-only tests (its boot costs a second or two)."""
+    home = tmp_path_factory.mktemp("shared") / "hm"
+    home.mkdir(mode=0o700)
+    yield from _running_api(home)
+
+
+def test_health_is_open_and_names_the_version(shared_api: Api) -> None:
     from halton_meter import __version__
 
-    response = api.get("/health")
+    response = shared_api.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "version": __version__}
 
 
 @pytest.mark.parametrize("path", ["/v1/status", "/v1/report"])
-def test_everything_else_needs_the_token(api: Api, path: str) -> None:
-    assert api.get(path).status_code == 401
-    wrong = api.get(path, token="not-the-token")
+def test_everything_else_needs_the_token(shared_api: Api, path: str) -> None:
+    assert shared_api.get(path).status_code == 401
+    wrong = shared_api.get(path, token="not-the-token")
     assert wrong.status_code == 401
     assert wrong.headers["www-authenticate"] == "Bearer"
     # Same length, one character off: still refused.
-    good = api.token()
+    good = shared_api.token()
     almost = good[:-1] + ("A" if good[-1] != "A" else "B")
-    assert api.get(path, token=almost).status_code == 401
-    assert api.get(path, token=good).status_code == 200
+    assert shared_api.get(path, token=almost).status_code == 401
+    assert shared_api.get(path, token=good).status_code == 200
 
 
 def test_token_file_is_0600_and_stable_across_restarts(api: Api) -> None:
@@ -203,8 +215,8 @@ def test_report_on_an_empty_home_is_empty_not_an_error(api: Api) -> None:
     assert not (api.home / "db.sqlite").exists()  # a reader never creates the store
 
 
-def test_status_has_the_contract_shape(api: Api) -> None:
-    body = api.get("/v1/status", token=api.token()).json()
+def test_status_has_the_contract_shape(shared_api: Api) -> None:
+    body = shared_api.get("/v1/status", token=shared_api.token()).json()
     assert set(body) >= {"state", "reasons", "ports", "programs", "install_mode", "unmetered"}
     assert body["state"] in ("HEALTHY", "INCONSISTENT", "BROKEN")
     assert set(body["ports"]) == {"edge", "daemon", "api"}
@@ -293,3 +305,13 @@ def test_an_invalid_config_exits_with_the_message(hm_home: Path) -> None:
         _stop(proc)
     assert proc.returncode == 3
     assert "config.toml" in err.decode() and "Fix:" in err.decode()
+
+
+def test_a_replaced_token_file_takes_effect_without_a_restart(api: Api) -> None:
+    from halton_meter.core.fsutil import write_secret
+
+    old = api.token()
+    assert api.get("/v1/status", token=old).status_code == 200
+    write_secret(api.home / "api-token", "rotated-token-value\n")
+    assert api.get("/v1/status", token=old).status_code == 401
+    assert api.get("/v1/status", token="rotated-token-value").status_code == 200
