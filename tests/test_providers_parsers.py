@@ -705,3 +705,11 @@ def test_a_failing_event_handler_neither_breaks_nor_replays_the_stream() -> None
     assert seen == [1, 2, 3, 4]  # each event once, the ones after the failure too
     u = p.result()
     assert parse_error_count(u) == 1 and "boom" in u.extra["parse_errors"][0]
+
+
+def test_gemini_partial_after_first_chunk_has_no_output_count() -> None:
+    data = capture("gemini_stream.sse")
+    p = stream_parser_for(GEMINI_STREAM, SSE)
+    p.feed(data[: data.index(b"\r\n\r\n") + 4])
+    u = p.result()
+    assert u.input_tokens == 11 and u.output_tokens is None and not u.complete

@@ -27,14 +27,8 @@ def apply_usage_metadata(u: Usage, raw: dict[str, Any]) -> None:
     candidates = as_int(raw.get("candidatesTokenCount"))
     thoughts = as_int(raw.get("thoughtsTokenCount"))
     u.input_tokens = add_counts(prompt, tool_prompt) if prompt is not None else None
-    total = as_int(raw.get("totalTokenCount"))
-    if candidates is not None or thoughts is not None:
-        u.output_tokens = add_counts(candidates, thoughts)
-    elif u.input_tokens is not None and total is not None and total >= u.input_tokens:
-        # no candidates at all (e.g. a blocked prompt): what the total says was generated
-        u.output_tokens = total - u.input_tokens
-    else:
-        u.output_tokens = None
+    # Early stream chunks (and blocked prompts) carry no candidate count: not reported, None
+    u.output_tokens = add_counts(candidates, thoughts)
     u.cache_read_tokens = as_int(raw.get("cachedContentTokenCount"))
     u.reasoning_tokens = thoughts
 
