@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+
 from halton_meter.cloud import client as cc
 from halton_meter.cloud import state as cs
 from halton_meter.cloud.account import read_token
@@ -125,8 +127,10 @@ class CloudSync:
         idle_interval_s: float = IDLE_INTERVAL_S,
         paused_interval_s: float = PAUSED_INTERVAL_S,
         rng: random.Random | None = None,
+        http_timeout: httpx.Timeout | None = None,
     ) -> None:
         self.home = home
+        self._http_timeout = http_timeout
         self.config = config
         self.idle_interval_s = idle_interval_s
         self.paused_interval_s = paused_interval_s
@@ -169,7 +173,7 @@ class CloudSync:
         if retry_at is not None and retry_at > now:
             return self._finish(result, skipped="backoff", delay=(retry_at - now).total_seconds())
         try:
-            client = cc.CloudClient(self.config)
+            client = cc.CloudClient(self.config, timeout=self._http_timeout)
         except PlaceholderBaseURL as exc:
             # Raised before any network: the message names the URL and the config path.
             self._transient(
@@ -179,7 +183,7 @@ class CloudSync:
         kid = cs.key_id(token)
         with client:
             try:
-                st = self._ensure_identity(client, token, kid, st)
+                st = self._ensure_identity(client, token, kid, st, result)
                 self._drain(client, token, kid, result)
             except _Stop:
                 pass
@@ -211,14 +215,19 @@ class CloudSync:
         return result
 
     def _ensure_identity(
-        self, client: cc.CloudClient, token: str, kid: str, st: cs.CloudState
+        self,
+        client: cc.CloudClient,
+        token: str,
+        kid: str,
+        st: cs.CloudState,
+        result: SyncResult,
     ) -> cs.CloudState:
         """The batch body names the machine: learn it (whoami) if the state lacks it."""
         if st.machine_id and st.key_id == kid and st.state != cs.DISCONNECTED:
             return st
         outcome = client.whoami(token)
         if outcome.kind != cc.OK:
-            self._failed(outcome, kid, SyncResult())
+            self._failed(outcome, kid, result)
             raise _Stop
         data = outcome.data or {}
         return cs.apply(

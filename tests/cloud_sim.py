@@ -1,0 +1,320 @@
+"""A simulator of the Halton Meter Cloud API, for tests: a REAL HTTPS server on loopback.
+
+FastAPI on uvicorn in a thread, TLS with its own throwaway CA (the client trusts it through
+``[upstream] ca_bundle``). Implements whoami, pair, revoke and the batch endpoint, records
+every request and every accepted row id, and has knobs for each failure the sync classifies:
+
+- ``add_key(key, status="ok"|"revoked"|"forbidden")``: whoami and batch answer 200/401/403
+- ``fail_next(status, times, headers)``: the next batch calls answer ``status`` (5xx, 429 +
+  Retry-After, ...)
+- ``poisoned[row_id] = reason``: any batch holding that row answers 422
+- ``batch_delay_s``: the batch endpoint records the rows, then sleeps before answering
+- ``stop()`` / ``start()``: the server goes away (connection refused) and comes back on the
+  same port
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import ipaddress
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def make_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """(ca.pem, leaf.pem, leaf-key.pem): a CA and a leaf for 127.0.0.1 and localhost."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "halton cloud sim CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path = directory / "cloud-ca.pem"
+    leaf_path = directory / "cloud-leaf.pem"
+    key_path = directory / "cloud-leaf-key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    leaf_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return ca_path, leaf_path, key_path
+
+
+@dataclass
+class KeyInfo:
+    machine_id: str
+    workspace: str
+    status: str = "ok"  # ok | revoked | forbidden
+
+
+@dataclass
+class Forced:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=lambda: {"error": "simulated failure"})
+
+
+class CloudSim:
+    def __init__(self, cert_dir: Path) -> None:
+        self.ca_path, self._leaf, self._leaf_key = make_certs(cert_dir)
+        self.lock = threading.Lock()
+        self.keys: dict[str, KeyInfo] = {}
+        self.pair_codes: dict[str, str] = {}  # code -> machine_id
+        self.accepted: collections.Counter[str] = collections.Counter()  # id -> times accepted
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.batches: list[dict[str, Any]] = []  # every batch request that got past auth
+        self.idempotency: dict[str, tuple[str, ...]] = {}
+        self.idempotency_conflicts: list[str] = []
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, bearer
+        self.revoked: list[str] = []
+        self.poisoned: dict[str, str] = {}
+        self.forced: collections.deque[Forced] = collections.deque()
+        self.batch_delay_s = 0.0
+        self.batch_received = threading.Event()
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = self._build_app()
+
+    # -- knobs --------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def add_key(
+        self, key: str, machine_id: str = "m-1", workspace: str = "ws-1", status: str = "ok"
+    ) -> None:
+        with self.lock:
+            self.keys[key] = KeyInfo(machine_id, workspace, status)
+
+    def set_key_status(self, key: str, status: str) -> None:
+        with self.lock:
+            self.keys[key].status = status
+
+    def add_code(self, code: str, machine_id: str = "m-paired") -> None:
+        with self.lock:
+            self.pair_codes[code] = machine_id
+
+    def fail_next(self, status: int, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        with self.lock:
+            for _ in range(times):
+                self.forced.append(Forced(status, dict(headers or {})))
+
+    def count(self, method: str, path: str) -> int:
+        with self.lock:
+            return sum(1 for m, p, _ in self.requests if m == method and p == path)
+
+    def batch_calls(self) -> int:
+        return self.count("POST", "/v1/requests/batch")
+
+    # -- the app ------------------------------------------------------------------------
+
+    def _auth(self, request: Request) -> tuple[str | None, KeyInfo | None]:
+        header = request.headers.get("authorization", "")
+        key = header[7:] if header.lower().startswith("bearer ") else None
+        with self.lock:
+            self.requests.append((request.method, request.url.path, key))
+            return key, (self.keys.get(key) if key else None)
+
+    @staticmethod
+    def _denied(info: KeyInfo | None) -> JSONResponse | None:
+        if info is None or info.status == "revoked":
+            return JSONResponse({"error": "invalid key"}, status_code=401)
+        if info.status == "forbidden":
+            return JSONResponse({"error": "machine removed from workspace"}, status_code=403)
+        return None
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+        sim = self
+
+        @app.get("/v1/daemon/whoami")
+        async def whoami(request: Request) -> JSONResponse:
+            _, info = sim._auth(request)
+            denied = sim._denied(info)
+            if denied is not None:
+                return denied
+            assert info is not None
+            return JSONResponse({"machine_id": info.machine_id, "workspace": info.workspace})
+
+        @app.post("/v1/daemon/pair")
+        async def pair(request: Request) -> JSONResponse:
+            sim._auth(request)
+            body = await request.json()
+            with sim.lock:
+                machine = sim.pair_codes.pop(str(body.get("code")), None)
+                if machine is None:
+                    return JSONResponse({"error": "unknown or used code"}, status_code=400)
+                key = f"key-{machine}-{len(sim.keys) + 1}"
+                sim.keys[key] = KeyInfo(machine, f"ws-for-{body.get('machine_name')}")
+            return JSONResponse({"key": key})
+
+        @app.post("/v1/daemon/revoke")
+        async def revoke(request: Request) -> JSONResponse:
+            key, info = sim._auth(request)
+            if info is None or info.status == "revoked":
+                return JSONResponse({"error": "invalid key"}, status_code=401)
+            with sim.lock:
+                info.status = "revoked"
+                assert key is not None
+                sim.revoked.append(key)
+            return JSONResponse({"revoked": True})
+
+        @app.post("/v1/requests/batch")
+        async def batch(request: Request) -> JSONResponse:
+            _, info = sim._auth(request)
+            denied = sim._denied(info)
+            if denied is not None:
+                return denied
+            assert info is not None
+            with sim.lock:
+                forced = sim.forced.popleft() if sim.forced else None
+            if forced is not None:
+                return JSONResponse(forced.body, status_code=forced.status, headers=forced.headers)
+            body = await request.json()
+            rows = body.get("requests")
+            if body.get("machine_id") != info.machine_id or not isinstance(rows, list):
+                return JSONResponse({"error": "bad machine_id or requests"}, status_code=400)
+            ids = tuple(str(r["id"]) for r in rows)
+            idem = request.headers.get("idempotency-key", "")
+            with sim.lock:
+                sim.batches.append({"idempotency_key": idem, "ids": ids})
+                if idem in sim.idempotency and sim.idempotency[idem] != ids:
+                    sim.idempotency_conflicts.append(idem)
+                sim.idempotency.setdefault(idem, ids)
+                bad = [i for i in ids if i in sim.poisoned]
+                if bad:
+                    reason = sim.poisoned[bad[0]]
+                    return JSONResponse({"error": f"row {bad[0]}: {reason}"}, status_code=422)
+                accepted = duplicates = 0
+                for row in rows:
+                    if row["id"] in sim.rows:
+                        duplicates += 1
+                        continue
+                    sim.rows[row["id"]] = row
+                    sim.accepted[row["id"]] += 1
+                    accepted += 1
+                delay = sim.batch_delay_s
+            sim.batch_received.set()
+            if delay:
+                await asyncio.sleep(delay)
+            return JSONResponse({"accepted": accepted, "duplicates": duplicates})
+
+        return app
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> CloudSim:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            ssl_certfile=str(self._leaf),
+            ssl_keyfile=str(self._leaf_key),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="cloud-sim", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("cloud simulator did not start")
+            time.sleep(0.01)
+        self._server, self._thread = server, thread
+        return self
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+
+def write_config(home: Path, sim: CloudSim, **cloud: Any) -> None:
+    """A config.toml pointing the cloud sync at ``sim`` and trusting its CA."""
+    lines = [
+        "[upstream]",
+        f'ca_bundle = "{sim.ca_path}"',
+        "[cloud]",
+        f'base_url = "{sim.base_url}"',
+    ]
+    for key, value in cloud.items():
+        text = str(value).lower() if isinstance(value, bool) else repr(value)
+        lines.append(f"{key} = {text}")
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
