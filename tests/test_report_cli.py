@@ -237,3 +237,16 @@ def test_report_reads_while_the_writer_is_writing(hm_home: Path) -> None:
         writer.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 501
+
+
+def test_a_truncated_db_is_reported_not_a_traceback(hm_home: Path) -> None:
+    path = Home.resolve(hm_home).db
+    write_rows(path, [make_row(id=f"t{i}", usage_json="x" * 3000) for i in range(1000)])
+    with path.open("r+b") as fh:
+        fh.truncate(40960)  # a valid header, most pages gone
+    before = path.read_bytes()
+    result = run_cli(hm_home, "report", "--json")
+    assert result.returncode == 3, (result.stdout[:200], result.stderr)
+    assert "malformed" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert path.read_bytes() == before

@@ -6,6 +6,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -220,3 +221,28 @@ def test_readonly_sees_an_uncreated_schema_as_empty(hm_home: Path) -> None:
         assert queries.query_rows(conn) == []
         assert queries.totals(conn)["requests"] == 0
         assert queries.group_by(conn, "model") == []
+
+
+def test_concurrent_connects_restore_the_umask(hm_home: Path) -> None:
+    path = Home.resolve().db
+    write_rows(path, [make_row()])
+    old = os.umask(0o022)
+    try:
+        errors: list[BaseException] = []
+
+        def _open_many() -> None:
+            try:
+                for _ in range(50):
+                    db.connect(path, readonly=True).close()
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=_open_many) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert os.umask(0o022) == 0o022  # the caller's umask came back
+    finally:
+        os.umask(old)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from halton_meter.core.errors import EXIT_BAD_FILE, EXIT_FAILURE, HaltonError
 from halton_meter.core.fsutil import SECRET_FILE_MODE, ensure_dir
 
 BUSY_TIMEOUT_MS = 10_000
+_UMASK_LOCK = threading.RLock()
 
 
 class StoreError(HaltonError):
@@ -126,6 +128,13 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     path = Path(path)
     if readonly and not path.exists():
         raise FileNotFoundError(str(path))
+    # The umask is process-wide: the lock keeps concurrent connects (API threads) from
+    # restoring each other's value. RLock: a reader may open a writer to migrate.
+    with _UMASK_LOCK:
+        return _connect_private(path, readonly=readonly)
+
+
+def _connect_private(path: Path, *, readonly: bool) -> sqlite3.Connection:
     old_umask = os.umask(0o077)
     try:
         if not readonly:
