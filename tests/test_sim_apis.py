@@ -125,8 +125,11 @@ def test_azure_with_sdk(sim: ProviderSim) -> None:
             max_retries=0,
         )
         resp = az.chat.completions.create(model="my-gpt4o-deployment", messages=[])
+        emb = az.embeddings.create(model="emb-deployment", input="x")
     assert resp.usage is not None and resp.usage.completion_tokens == 5
-    (rec,) = sim.wait_for_requests(1)
+    assert emb.model == "emb-deployment"
+    rec, emb_rec = sim.wait_for_requests(2)
+    assert emb_rec.api == "azure.embeddings" and emb_rec.model == "emb-deployment"
     assert rec.api == "azure.chat"
     assert rec.path == "/openai/deployments/my-gpt4o-deployment/chat/completions"
     assert rec.query == {"api-version": "2024-10-21"} and rec.headers["api-key"] == "azure-key"

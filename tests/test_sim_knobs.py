@@ -262,3 +262,35 @@ def test_hundreds_of_concurrent_keepalive_streams(sim: ProviderSim) -> None:
     assert all(r.sni == "api.anthropic.com" for r in recs)
     # Streams of 8 x 100 ms delays each, twice: concurrent service keeps this far below n * 1.6 s.
     assert elapsed < 20
+
+
+def test_ttfb_delays_the_status_line(client: httpx.Client) -> None:
+    started = time.monotonic()
+    r = client.post("/v1/messages", json=MSG, headers={"x-sim-ttfb-ms": "300"})
+    assert r.status_code == 200 and time.monotonic() - started >= 0.3
+
+
+def test_handler_crash_is_a_500(
+    client: httpx.Client, sim: ProviderSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(_call: object) -> object:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr("halton_meter.sim.anthropic.count_tokens", boom)
+    r = client.post("/v1/messages/count_tokens", json={})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "sim_internal_error"
+    # and the connection still serves
+    assert client.post("/v1/messages", json=MSG).status_code == 200
+    crashed, _ok = sim.wait_for_requests(2)
+    assert crashed.status == 500 and crashed.completed
+
+
+def test_non_model_paths_on_anthropic(client: httpx.Client, sim: ProviderSim) -> None:
+    r = client.post(
+        "/api/event_logging/batch", json={"events": []}, headers={"host": "api.anthropic.com"}
+    )
+    assert r.status_code == 200 and r.json() == {}
+    r = client.get("/v1/nonexistent", headers={"host": "api.openai.com"})
+    assert r.status_code == 404
+    recs = sim.wait_for_requests(2)
+    assert recs[0].api == "anthropic.other" and recs[0].usage is None

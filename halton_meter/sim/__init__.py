@@ -38,6 +38,8 @@ api (as in the log)     method + path
 anthropic.messages      POST /v1/messages                       JSON, or SSE with "stream": true
 anthropic.count_tokens  POST /v1/messages/count_tokens          {"input_tokens": N}
 anthropic.models        GET  /v1/models  (Host *anthropic* or an anthropic-version header)
+anthropic.other         any  /api/...  on a Host containing "anthropic" (Claude Code's settings,
+                        telemetry): 200 {} and no usage, i.e. not a model call
 openai.chat             POST /v1/chat/completions               JSON / SSE
 openai.responses        POST /v1/responses                      JSON / SSE
 openai.responses.ws     GET  /v1/responses + Upgrade: websocket (response.create messages)
@@ -45,7 +47,7 @@ openai.embeddings       POST /v1/embeddings
 openai.models           GET  /v1/models
 openrouter.chat         POST /api/v1/chat/completions           chat shape + usage.cost
 azure.chat              POST /openai/deployments/{dep}/chat/completions?api-version=...
-azure.embeddings        POST /openai/deployments/{dep}/embeddings
+azure.embeddings        POST /openai/deployments/{dep}/embeddings   (model: the body's, else {dep})
                         (/openai/v1/chat/completions and /openai/v1/responses too)
 gemini.generate         POST /v1beta/models/{m}:generateContent
 gemini.stream           POST /v1beta/models/{m}:streamGenerateContent  (?alt=sse: SSE with
@@ -109,6 +111,7 @@ x-sim-encoding: gzip|br|zstd|deflate
     (each event decodes on arrival). Always chunked (no content-length).
 x-sim-events: N         number of text deltas (default 5; 0 allowed).
 x-sim-delay-ms: N       pause between streamed events (not before the first).
+x-sim-ttfb-ms: N        pause before the status line (latency / time-to-first-byte tests).
 x-sim-truncate: after=K close the connection after K streamed events (counting every SSE event,
                         message_start and ping included; a JSON-array element; an event-stream
                         frame), without the terminal event; the chunked body never ends. On a
@@ -125,6 +128,12 @@ x-sim-outcome: completed|incomplete|failed|error
                         (overloaded_error) and no message_delta; chat stream gets a
                         data: {"error":...} and no [DONE]; Responses response.failed (with usage).
 
+WebSocket (openai.responses.ws): knobs come from the upgrade request's headers and apply to
+every response.create on the connection (x-sim-truncate counts messages across the whole
+connection and aborts the socket); x-sim-status answers the handshake with that error instead
+of 101. Each response.create is one entry in the record's ws_calls; the record's usage/model
+are the latest call's.
+
 The request log (``SimRecord``, or its dict over /_sim/log)
 ----------------------------------------------------------
 id, ts, method, host (Host header without port), path, query, headers (lower-case names,
@@ -133,6 +142,9 @@ peer, api, model, stream, status, usage (wire), usage_canonical, knobs (non-defa
 events_sent, bytes_sent (before compression), first_event_at / last_event_at
 (time.monotonic() of the server process), completed, truncated, client_aborted, ws_calls
 (WebSocket: one entry per response.create with its model and usage).
+Records are never dropped (indexes stay stable: ``sim.requests[before:]`` works); only the
+newest 1000 keep body_text, older ones keep body_size and body_sha256. A handler crash answers
+500 {"error": {"type": "sim_internal_error"}} and logs ``sim.handler_error``.
 """
 
 from halton_meter.sim.app import SimRecord

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from halton_meter.core.logging import get_logger
 from halton_meter.sim import anthropic, bedrock, gemini, openai
 from halton_meter.sim.common import Call, KnobError, Knobs, Reply, default_usage, dumps
 from halton_meter.sim.server import Progress, SimRequest, SimResponse
 from halton_meter.sim.websocket import responses_ws
+
+log = get_logger("halton_meter.sim")
 
 _KNOWN_API_HOSTS = (
     "api.anthropic.com",
@@ -26,6 +29,7 @@ _KNOWN_API_HOSTS = (
 )
 _KNOWN_API_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com", ".amazonaws.com")
 _BODY_TEXT_KEEP = 64 * 1024
+_BODY_TEXT_RECORDS = 1000  # only the newest records keep their body text
 
 
 @dataclass
@@ -111,7 +115,8 @@ class _Route:
     api: str
     family: str  # error shape: anthropic | openai | gemini | bedrock
     handler: Handler
-    model: str | None = None  # from the path (Gemini, Bedrock, Azure deployment)
+    model: str | None = None  # from the path (Gemini, Bedrock)
+    fallback_model: str | None = None  # when the body names none (Azure: the deployment)
     stream: bool | None = None  # decided by the path rather than the body
 
 
@@ -150,12 +155,27 @@ class SimApp:
             self._next_id += 1
             if not req.path.startswith("/_sim/"):
                 self.requests.append(rec)
+                # Bounded memory in long benchmarks, stable indexes for tests: old records keep
+                # their metadata and lose only the body text.
+                if len(self.requests) > _BODY_TEXT_RECORDS:
+                    self.requests[-_BODY_TEXT_RECORDS - 1].body_text = ""
         return rec
 
     # -- dispatch ---------------------------------------------------------------------------
 
     def handle(self, req: SimRequest) -> SimResponse:
         rec = self._record(req)
+        try:
+            return self._dispatch(req, rec)
+        except Exception as exc:  # a simulator bug shows up as a 500, not a dropped socket
+            log.exception("sim.handler_error", method=req.method, path=req.path)
+            rec.status = 500
+            error = {"error": {"type": "sim_internal_error", "message": repr(exc)}}
+            resp = _json(500, error)
+            resp.progress = rec.progress
+            return resp
+
+    def _dispatch(self, req: SimRequest, rec: SimRecord) -> SimResponse:
         if req.path.startswith("/_sim/"):
             return self._control(req)
         route = _route(req)
@@ -171,7 +191,7 @@ class SimApp:
         rec.knobs = {k: v for k, v in vars(knobs).items() if v != defaults[k]}
         body = _parse_body(req)
         model = route.model or (body.get("model") if isinstance(body.get("model"), str) else None)
-        model = model or _default_model(route.family)
+        model = model or route.fallback_model or _default_model(route.family)
         stream = route.stream if route.stream is not None else bool(body.get("stream"))
         rec.model, rec.stream = model, stream
         if knobs.status is not None and knobs.status >= 400:
@@ -184,7 +204,7 @@ class SimApp:
             return resp
         call = Call(req=req, knobs=knobs, api=route.api, model=model, stream=stream, body=body)
         call.usage = default_usage(call)
-        if route.api.endswith(("models", "count_tokens")):
+        if route.api.endswith(("models", "count_tokens", "other")):
             call.usage.output_tokens = 0
         reply = route.handler(call)
         if call.wire_usage is not None:
@@ -209,15 +229,10 @@ class SimApp:
         rec.api = "site"
         if _is_api_host(req.host) and req.path != "/":
             rec.status = 404
-            return _json(
-                404,
-                {
-                    "error": {
-                        "message": f"no route for {req.method} {req.path}",
-                        "type": "not_found",
-                    }
-                },
-            )
+            message = f"no route for {req.method} {req.path}"
+            resp = _json(404, {"error": {"message": message, "type": "not_found"}})
+            resp.progress = rec.progress
+            return resp
         rec.status = 200
         html = f"<!doctype html><title>{req.host}</title><h1>Hello from {req.host}</h1>\n".encode()
         resp = SimResponse(
@@ -270,15 +285,26 @@ def _route(req: SimRequest) -> _Route | None:
                 tail = "/".join(parts[4:])
                 if tail == "chat/completions":
                     return _Route(
-                        "azure.chat", "openai", lambda c: openai.chat(c, flavor="azure"), model=None
+                        "azure.chat",
+                        "openai",
+                        lambda c: openai.chat(c, flavor="azure"),
+                        fallback_model=dep,
                     )
                 if tail == "embeddings":
-                    return _Route("azure.embeddings", "openai", openai.embeddings, stream=False)
-                _ = dep
+                    return _Route(
+                        "azure.embeddings",
+                        "openai",
+                        openai.embeddings,
+                        stream=False,
+                        fallback_model=dep,
+                    )
         if path.startswith(("/v1beta/models/", "/v1/models/", "/v1alpha/models/")):
             return gemini.route(req, path)
         if path.startswith("/model/"):
             return bedrock.route(req, path)
+    if path.startswith("/api/") and "anthropic" in host:
+        # Claude Code's settings/telemetry calls: answered, never a model call.
+        return _Route("anthropic.other", "anthropic", lambda c: Reply(body=b"{}"), stream=False)
     if m == "GET" and not _is_ws(req):
         if path in ("/v1/models", "/api/v1/models", "/openai/v1/models"):
             if "anthropic" in host or req.header("anthropic-version"):
@@ -346,6 +372,7 @@ def _error(
     resp = SimResponse(status=status, headers=headers, body=dumps(body).encode())
     if knobs is not None:
         resp.encoding = knobs.encoding
+        resp.ttfb_s = knobs.ttfb_s
     resp.progress = rec.progress
     return resp
 
@@ -361,6 +388,7 @@ def _to_response(reply: Reply, knobs: Knobs, rec: SimRecord, req: SimRequest) ->
     resp = SimResponse(status=reply.status, headers=headers, progress=rec.progress)
     resp.encoding = knobs.encoding
     resp.delay_s = knobs.delay_s
+    resp.ttfb_s = knobs.ttfb_s
     resp.truncate_after = knobs.truncate_after
     if reply.chunks is None:
         resp.body = reply.body[: max(1, len(reply.body) // 2)] if knobs.malformed else reply.body

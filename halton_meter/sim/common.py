@@ -58,6 +58,7 @@ class Knobs:
     encoding: str | None = None
     events: int = 5
     delay_s: float = 0.0
+    ttfb_s: float = 0.0
     truncate_after: int | None = None
     malformed: bool = False
     response_bytes: int | None = None
@@ -82,6 +83,9 @@ class Knobs:
         raw = req.header("x-sim-delay-ms")
         if raw:
             k.delay_s = _int(raw, "x-sim-delay-ms", 0, 600_000) / 1000
+        raw = req.header("x-sim-ttfb-ms")
+        if raw:
+            k.ttfb_s = _int(raw, "x-sim-ttfb-ms", 0, 600_000) / 1000
         raw = req.header("x-sim-truncate")
         if raw:
             value = raw.strip().removeprefix("after=")

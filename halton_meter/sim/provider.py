@@ -167,7 +167,10 @@ class ProviderSim:
             ):
                 return recs
             time.sleep(0.01)
-        raise AssertionError(f"simulator saw {len(self.requests)} requests, expected {n}")
+        done = sum(r.progress.completed or r.progress.truncated for r in self.requests)
+        raise AssertionError(
+            f"simulator saw {len(self.requests)} requests ({done} finished), expected {n}"
+        )
 
     def log(self) -> list[dict[str, Any]]:
         return [r.to_dict() for r in self.requests]

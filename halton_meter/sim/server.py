@@ -24,6 +24,10 @@ import brotli
 import h11
 import zstandard
 
+from halton_meter.core.logging import get_logger
+
+log = get_logger("halton_meter.sim")
+
 _READ_SIZE = 65536
 _BODY_KEEP = 64 * 1024 * 1024  # request bodies above this are hashed and counted, not kept
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -86,6 +90,7 @@ class SimResponse:
     chunks: Iterable[bytes] | None = None
     content_length: int | None = None  # for a streamed body of known size
     delay_s: float = 0.0
+    ttfb_s: float = 0.0  # pause before the status line
     truncate_after: int | None = None
     encoding: str | None = None  # gzip | br | zstd | deflate
     progress: Progress = field(default_factory=Progress)
@@ -266,7 +271,7 @@ class HttpServer:
                 request = await self._read_request(conn, reader, writer, sni, peer_s)
                 if request is None:
                     return
-                response = self.app.handle(request)
+                response = self._handle(request)
                 try:
                     if response.websocket is not None and _is_ws_upgrade(request):
                         await self._upgrade(conn, reader, writer, request, response)
@@ -293,6 +298,18 @@ class HttpServer:
             self._writers.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def _handle(self, request: SimRequest) -> SimResponse:
+        try:
+            return self.app.handle(request)
+        except Exception as exc:  # a simulator bug must show up as a 500, not a dropped socket
+            log.exception("sim.handler_error", method=request.method, path=request.path)
+            body = (
+                f'{{"error": {{"type": "sim_internal_error", "message": "{type(exc).__name__}"}}}}'
+            )
+            return SimResponse(
+                status=500, headers=[("content-type", "application/json")], body=body.encode()
+            )
 
     async def _read_request(
         self,
@@ -362,6 +379,8 @@ class HttpServer:
         response: SimResponse,
     ) -> None:
         progress = response.progress
+        if response.ttfb_s:
+            await asyncio.sleep(response.ttfb_s)
         headers = [(k, v) for k, v in response.headers if k.lower() != "content-length"]
         encoder = _Encoder(response.encoding) if response.encoding else None
         if encoder is not None:
