@@ -187,6 +187,22 @@ class Attributor:
                     return self._remember(Attribution(project, tier, scanned))
         return Attribution(MISC, MISC, None)
 
+    def resolve_path(self, path: str) -> Attribution | None:
+        """Tiers that need only a directory (for backfills): .haltonrc, git, the registry.
+
+        Never writes the registry.
+        """
+        if not os.path.isabs(path):
+            return None
+        if os.path.isdir(path):
+            found = self._by_folder(path)
+            if found is not None:
+                return found
+        hit = self.registry.containing(os.path.normpath(path))
+        if hit is not None:
+            return Attribution(hit[0], "4b", hit[1])
+        return None
+
     # -- tiers 2 and 3 -------------------------------------------------------------------------
     def _by_folder(self, start: str) -> Attribution | None:
         """``.haltonrc`` at or above ``start``, else the git root at or above it."""
