@@ -186,12 +186,12 @@ def test_concurrent_submitters(hm_home: Path) -> None:
     path = Home.resolve().db
     writer = RowWriter(path)
     try:
-        threads = [
-            threading.Thread(
-                target=lambda t=t: [writer.submit(make_row(id=f"t{t}-{i}")) for i in range(500)]
-            )
-            for t in range(4)
-        ]
+
+        def _submit_many(t: int) -> None:
+            for i in range(500):
+                writer.submit(make_row(id=f"t{t}-{i}"))
+
+        threads = [threading.Thread(target=_submit_many, args=(t,)) for t in range(4)]
         for t in threads:
             t.start()
         for t in threads:
