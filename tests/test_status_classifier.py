@@ -61,6 +61,16 @@ def _unreachable(_home: Home) -> None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's HOME (rc files, environment.d) is a fresh directory: never the real one."""
+    home = tmp_path / "user"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    return home
+
+
 class Setup:
     """A started home: negotiated ports, real listeners held by this (our) process."""
 
@@ -147,12 +157,30 @@ def test_started_without_init_is_a_healthy_env_only_setup(setup: Setup) -> None:
     assert doc["unmetered"] == 0
 
 
-@pytest.mark.parametrize("mode", ["env-only", "apps", "full"])
-def test_known_sentinels_are_healthy(setup: Setup, mode: str) -> None:
+def test_an_env_only_sentinel_is_healthy(setup: Setup) -> None:
     setup.listen("edge", "daemon", "api")
-    setup.home.install_mode.write_text(mode + "\n")
+    setup.home.install_mode.write_text("env-only\n")
     doc = setup.status()
-    assert doc["state"] == HEALTHY and doc["install_mode"] == mode
+    assert doc["state"] == HEALTHY and doc["install_mode"] == "env-only"
+
+
+def test_apps_mode_with_its_surfaces_in_place_is_healthy(setup: Setup, user_home: Path) -> None:
+    from halton_meter.core.config import load_config
+    from halton_meter.install.env import client_env
+    from halton_meter.platform.session_env import EnvironmentDSessionEnv
+
+    setup.listen("edge", "daemon", "api")
+    setup.home.install_mode.write_text("apps\n")
+    _write_rc_block(setup.home, user_home, setup.ports.edge)
+    EnvironmentDSessionEnv().apply(client_env(setup.home, load_config(setup.home), setup.ports))
+    doc = setup.status()
+    assert doc["state"] == HEALTHY, doc["reasons"]
+    assert doc["install_mode"] == "apps"
+    # The same home with the session environment gone: the sentinel disagrees with a surface.
+    EnvironmentDSessionEnv().clear()
+    drifted = setup.status()
+    assert drifted["state"] == INCONSISTENT
+    assert _ids(drifted) == ["mode_drift.session-env"]
 
 
 # -- BROKEN --------------------------------------------------------------------------------
@@ -398,15 +426,19 @@ def test_gui_sentinel_is_inconsistent_and_init_migrates_it(setup: Setup) -> None
     doc = setup.status()
     assert doc["state"] == INCONSISTENT
     assert doc["install_mode"] == "gui"
-    assert _ids(doc) == ["install_mode_legacy"]
-    assert "migrates it to `full`" in doc["reasons"][0]["message"]
-    assert doc["reasons"][0]["fix"].startswith("halton-meter init --full")
+    legacy = _reason(doc, "install_mode_legacy")
+    assert "migrates it to `full`" in legacy["message"]
+    assert legacy["fix"].startswith("halton-meter init --full")
+    # gui means full: its surfaces (none here) are drift too.
+    assert all(r["severity"] == INCONSISTENT for r in doc["reasons"])
 
 
 def test_garbage_sentinel_is_inconsistent(setup: Setup) -> None:
     setup.listen("edge", "daemon", "api")
     setup.home.install_mode.write_text("everything\n")
-    assert _ids(setup.status()) == ["install_mode_unknown"]
+    doc = setup.status()
+    assert doc["state"] == INCONSISTENT
+    assert _ids(doc) == ["install_mode_unknown"]
 
 
 def test_clients_given_a_port_the_edge_no_longer_listens_on(setup: Setup) -> None:
@@ -421,23 +453,42 @@ def test_clients_given_a_port_the_edge_no_longer_listens_on(setup: Setup) -> Non
         assert setup.status(env={"https_proxy": value})["state"] == HEALTHY
 
 
-def test_rc_block_names_an_old_port(setup: Setup, tmp_path: Path) -> None:
-    setup.listen("edge", "daemon", "api")
-    user_home = tmp_path / "user"
-    user_home.mkdir()
-    old = free_port()
-    (user_home / ".bashrc").write_text(
-        "alias ll='ls -l'\n"
-        "# >>> halton-meter >>>\n"
-        f'export HTTPS_PROXY="http://127.0.0.1:{old}"\n'
-        "export NO_PROXY=localhost,127.0.0.1\n"
-        "# <<< halton-meter <<<\n"
-        f"export HTTPS_PROXY=http://127.0.0.1:{old + 1}  # outside the block: not ours\n"
+def _write_rc_block(home: Home, user_home: Path, edge_port: int) -> Path:
+    from halton_meter.core.config import load_config
+    from halton_meter.install import rcblock
+    from halton_meter.install.env import client_env
+
+    ports = EffectivePorts(edge=edge_port, daemon=1, api=2)
+    rc = user_home / ".bashrc"
+    rc.write_text("alias ll='ls -l'\n")
+    assert rcblock.write_block(
+        rc, rcblock.render_block("bash", client_env(home, load_config(home), ports))
     )
-    doc = setup.status(env={"HOME": str(user_home)})
+    return rc
+
+
+def test_rc_block_names_an_old_port(setup: Setup, user_home: Path) -> None:
+    setup.listen("edge", "daemon", "api")
+    setup.home.install_mode.write_text("apps\n")
+    old = free_port()
+    rc = _write_rc_block(setup.home, user_home, old)
+    doc = setup.status()
     assert doc["state"] == INCONSISTENT
-    assert _ids(doc) == ["rc_port_stale"]
-    assert ".bashrc" in doc["reasons"][0]["message"] and str(old) in doc["reasons"][0]["message"]
+    ids = _ids(doc)
+    assert "mode_drift.shell-rc" in ids
+    messages = " ".join(r["message"] for r in doc["reasons"])
+    assert f"127.0.0.1:{old}" in messages and f"127.0.0.1:{setup.ports.edge}" in messages
+    assert _reason(doc, "mode_drift.shell-rc")["fix"].startswith("halton-meter init --apps")
+    assert rc.read_text().startswith("alias ll")  # status only reads
+
+
+def test_rc_block_left_in_env_only_mode_is_drift(setup: Setup, user_home: Path) -> None:
+    setup.listen("edge", "daemon", "api")
+    _write_rc_block(setup.home, user_home, setup.ports.edge)  # right port, wrong mode
+    doc = setup.status()
+    assert doc["state"] == INCONSISTENT
+    assert _ids(doc) == ["mode_drift.shell-rc"]
+    assert "env-only" in doc["reasons"][0]["message"]
 
 
 def test_stale_ca_variable(setup: Setup, tmp_path: Path) -> None:
@@ -479,7 +530,7 @@ def test_client_checks_are_added_to_the_api_view_and_refolded(setup: Setup, tmp_
     service_only = report.build_status(setup.home, client_env=None, program_infos=_running())
     assert service_only["state"] == HEALTHY
     env = {"CURL_CA_BUNDLE": str(tmp_path / "gone.pem")}
-    merged = report.with_client_checks(service_only, env)
+    merged = report.with_client_checks(setup.home, service_only, env)
     assert merged["state"] == INCONSISTENT
     assert _ids(merged) == ["stale_ca_variable"]
     assert merged["ports"] == service_only["ports"]

@@ -30,7 +30,7 @@ def status(
     env = dict(os.environ)
     remote = api_get(home, "/v1/status", timeout=STATUS_TIMEOUT_S)
     if remote is not None and isinstance(remote.get("ports"), dict):
-        document = with_client_checks({**remote, "source": "api"}, env)
+        document = with_client_checks(home, {**remote, "source": "api"}, env)
     else:
         document = build_status(home, client_env=env)
     if as_json:

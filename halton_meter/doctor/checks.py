@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -335,47 +336,38 @@ def _loopback_port(url: str) -> int | None:
 
 
 def check_client_proxy_port(client: ClientFacts) -> list[Reason]:
-    reasons = []
-    seen: set[str] = set()
-    for var in PROXY_VARS:
-        for name in (var, var.lower()):
-            value = client.env.get(name)
-            port = _loopback_port(value) if value else None
-            if port is None or port == client.edge_port or "env" in seen:
-                continue
-            seen.add("env")
-            reasons.append(
-                Reason(
-                    "client_port_stale",
-                    f"{name}={value} in this shell names port {port}, but the edge listens on "
-                    f"{client.edge_port}.",
-                    INCONSISTENT,
-                    "open a new terminal (or: halton-meter run <cmd>); if new shells still show "
-                    "it, halton-meter init --apps   # or your mode",
-                )
-            )
-    for setting in client.rc:
-        if setting.var not in PROXY_VARS or str(setting.file) in seen:
-            continue
-        port = _loopback_port(setting.value)
+    """This shell's proxy variables name a loopback port the edge is not on (one reason)."""
+    for name in (v for var in PROXY_VARS for v in (var, var.lower())):
+        value = client.env.get(name)
+        port = _loopback_port(value) if value else None
         if port is None or port == client.edge_port:
             continue
-        seen.add(str(setting.file))
-        reasons.append(
+        return [
             Reason(
-                "rc_port_stale",
-                f"the halton-meter block in {setting.file} sets {setting.var}={setting.value}, "
-                f"but the edge listens on {client.edge_port}.",
+                "client_port_stale",
+                f"{name}={value} in this shell names port {port}, but the edge listens on "
+                f"{client.edge_port}.",
                 INCONSISTENT,
-                "halton-meter init --apps   # or your mode: rewrites the rc block; then open a new terminal",
+                "open a new terminal (or: halton-meter run <cmd>); if new shells still show "
+                f"it, {_init_for(client.mode)}",
             )
-        )
-    return reasons
+        ]
+    return []
+
+
+def _init_for(mode: str) -> str:
+    flag = {"apps": " --apps", "full": " --full"}.get(mode, "")
+    return f"halton-meter init{flag}   # or the mode you want: rewrites every surface"
+
+
+def check_surface_drift(client: ClientFacts) -> list[Reason]:
+    return [
+        Reason(f"mode_drift.{d.surface}", d.message + ".", INCONSISTENT, _init_for(client.mode))
+        for d in client.drift
+    ]
 
 
 def check_stale_ca(client: ClientFacts) -> list[Reason]:
-    from pathlib import Path
-
     stale = [
         f"{var}={client.env[var]}"
         for var in CA_VARS
@@ -396,6 +388,7 @@ def check_stale_ca(client: ClientFacts) -> list[Reason]:
 
 
 CLIENT_CHECKS: tuple[Callable[[ClientFacts], list[Reason]], ...] = (
+    check_surface_drift,
     check_client_proxy_port,
     check_stale_ca,
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,6 @@ CA_VARS = (
     "NODE_EXTRA_CA_CERTS",
     "GIT_SSL_CAINFO",
     "AWS_CA_BUNDLE",
-)
-RC_FILES = (
-    ".bashrc",
-    ".bash_profile",
-    ".profile",
-    ".zshrc",
-    ".zprofile",
-    ".config/fish/config.fish",
 )
 
 ProgramInfosFn = Callable[[Home], "dict[str, ProgramInfo] | None"]
@@ -68,20 +59,6 @@ class ServiceFacts:
     def unmetered(self) -> int:
         value = self.edge_stats.get("unmetered_total")
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-@dataclass(frozen=True)
-class RcSetting:
-    file: Path
-    var: str
-    value: str
-
-
-@dataclass(frozen=True)
-class ClientFacts:
-    edge_port: int
-    env: Mapping[str, str]
-    rc: list[RcSetting] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -170,45 +147,45 @@ def gather_service(home: Home, *, program_infos: ProgramInfosFn | None = None) -
 
 # -- the caller's side ------------------------------------------------------------------------
 
-_RC_BEGIN = re.compile(r"^\s*#.*>>>.*halton", re.IGNORECASE)
-_RC_END = re.compile(r"^\s*#.*<<<.*halton", re.IGNORECASE)
-_RC_ASSIGN = re.compile(
-    r"^\s*(?:export\s+|set\s+-gx\s+)?([A-Z_]+)(?:=|\s+)[\"']?([^\"'\s]*)[\"']?\s*;?\s*$"
-)
+
+@dataclass(frozen=True)
+class SurfaceDrift:
+    """A surface (shell rc block, session env, system proxy) that disagrees with the
+    sentinel or gives clients another port: the install reconciler's ``drift``."""
+
+    surface: str
+    message: str
 
 
-def _rc_block(path: Path) -> list[RcSetting]:
-    """Variables set inside the marked halton-meter block of one rc file."""
+@dataclass(frozen=True)
+class ClientFacts:
+    edge_port: int
+    env: Mapping[str, str]
+    mode: str = DEFAULT_MODE
+    drift: list[SurfaceDrift] = field(default_factory=list)
+
+
+def _surface_drift(home: Home) -> tuple[str, list[SurfaceDrift]]:
+    """The install reconciler's view of the surfaces. Never raises: a surface we cannot
+    read (no gsettings, odd rc file) must not take status down."""
+    from halton_meter.core.config import load_config
+    from halton_meter.core.logging import get_logger
+    from halton_meter.core.runtime import load_effective_ports
+    from halton_meter.install import modes
+    from halton_meter.install.env import client_env
+
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    found: list[RcSetting] = []
-    inside = False
-    for line in lines:
-        if _RC_BEGIN.match(line):
-            inside = True
-        elif _RC_END.match(line):
-            inside = False
-        elif inside:
-            match = _RC_ASSIGN.match(line)
-            if match:
-                found.append(RcSetting(path, match.group(1), match.group(2)))
-    return found
+        mode = modes.read_sentinel(home).mode
+        ports = load_effective_ports(home)
+        expected = client_env(home, load_config(home), ports)
+        found = modes.drift(home, ports, expected)
+    except Exception as exc:  # noqa: BLE001 - status reports what it can
+        get_logger().info("status.drift_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return DEFAULT_MODE, []
+    # The sentinel's own value is a service check (it needs no surface to judge).
+    return mode, [SurfaceDrift(d.surface, d.message) for d in found if d.surface != "sentinel"]
 
 
-def rc_settings(user_home: Path | None = None) -> list[RcSetting]:
-    base = user_home or Path(os.path.expanduser("~"))
-    settings: list[RcSetting] = []
-    for name in RC_FILES:
-        settings.extend(_rc_block(base / name))
-    return settings
-
-
-def gather_client(edge_port: int, env: Mapping[str, str]) -> ClientFacts:
-    user_home = env.get("HOME")
-    return ClientFacts(
-        edge_port=edge_port,
-        env=dict(env),
-        rc=rc_settings(Path(user_home) if user_home else None),
-    )
+def gather_client(home: Home, edge_port: int, env: Mapping[str, str]) -> ClientFacts:
+    mode, drift = _surface_drift(home)
+    return ClientFacts(edge_port=edge_port, env=dict(env), mode=mode, drift=drift)

@@ -65,15 +65,17 @@ def build_status(
     facts = gather_service(home, program_infos=program_infos)
     reasons = run_service_checks(facts)
     if client_env is not None:
-        reasons += run_client_checks(gather_client(facts.ports.edge, client_env))
+        reasons += run_client_checks(gather_client(home, facts.ports.edge, client_env))
     return _document(facts, reasons, source)
 
 
-def with_client_checks(document: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+def with_client_checks(
+    home: Home, document: dict[str, Any], env: Mapping[str, str]
+) -> dict[str, Any]:
     """Add the caller's client checks to a service-only document (from the API); re-fold."""
     edge_port = int(document["ports"]["edge"])
     reasons = [Reason.from_dict(r) for r in document.get("reasons", [])]
-    reasons += run_client_checks(gather_client(edge_port, env))
+    reasons += run_client_checks(gather_client(home, edge_port, env))
     return {**document, "state": fold(reasons), "reasons": [r.as_dict() for r in reasons]}
 
 
