@@ -22,11 +22,14 @@ ACTIVE = cs.CloudState(state=cs.ACTIVE, key_id="kid-1", machine_id="m-1")
         (cs.FORBIDDEN, cs.PAUSED, cs.PAUSED_FORBIDDEN),
         (cs.MANUAL_PAUSE, cs.PAUSED, cs.PAUSED_MANUAL),
         (cs.TRANSIENT_ERROR, cs.ACTIVE, None),
+        (cs.BATCH_REJECTED, cs.ACTIVE, None),
     ],
 )
 def test_classification_table(event: str, state: str, reason: str | None) -> None:
     new = cs.transition(ACTIVE, cs.Event(event, error="e", key_id="kid-1"))
     assert (new.state, new.paused_reason) == (state, reason)
+    if event != cs.MANUAL_PAUSE:
+        assert new.last_error == "e"
 
 
 def test_transient_errors_count_and_never_pause() -> None:

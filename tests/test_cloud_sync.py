@@ -413,3 +413,40 @@ def test_batch_sent_is_logged(hm_home: Path, sim: CloudSim) -> None:
     sent = [e for e in events if e["event"] == "cloud.batch_sent"]
     assert sent and sent[0]["count"] == 3 and sent[0]["accepted"] == 3
     assert sent[0]["duplicates"] == 0
+
+
+def test_an_explicit_cloud_proxy_is_used(hm_home: Path, sim: CloudSim) -> None:
+    from cloud_sim import ConnectProxy
+
+    proxy = ConnectProxy()
+    try:
+        home = _home(hm_home, sim, proxy=proxy.url)
+        add_rows(home, 2)
+        assert _sync(home).sync_once().accepted == 2
+        assert f"127.0.0.1:{sim.port}" in proxy.targets
+    finally:
+        proxy.close()
+
+
+def test_a_server_refusing_everything_does_not_quarantine_everything(
+    hm_home: Path, sim: CloudSim
+) -> None:
+    from halton_meter.cloud.sync import MAX_CONSECUTIVE_QUARANTINE
+
+    home = _home(hm_home, sim, batch_size=64)
+    ids = add_rows(home, MAX_CONSECUTIVE_QUARANTINE + 10)
+    for rid in ids:
+        sim.poisoned[rid] = "schema v9 required"
+    start = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with freeze_time(start, ignore=REAL_TIME_MODULES) as frozen:
+        result = _sync(home).sync_once()
+        assert len(result.quarantined) == MAX_CONSECUTIVE_QUARANTINE
+        st = cs.load_state(home)
+        assert st.state == cs.ACTIVE and st.retry_at is not None
+        assert st.last_error and "holding row" in st.last_error
+        assert result.pending == 10
+        sim.poisoned.clear()  # the server is fixed
+        frozen.move_to(start + timedelta(seconds=5))
+        result = _sync(home).sync_once()
+    assert result.accepted == 10 and result.pending == 0
+    assert cs.load_state(home).consecutive_quarantined == 0

@@ -48,7 +48,8 @@ CONNECTED = "connected"  # a new key is stored (connect: pairing or --token)
 DISCONNECT = "disconnect"  # the key is gone
 BATCH_ACCEPTED = "batch_accepted"  # 200 on a batch: the cursor moves
 ROW_QUARANTINED = "row_quarantined"  # one row refused alone with 400/422: set aside
-TRANSIENT_ERROR = "transient_error"  # 5xx, timeout, DNS, 429, 400/422 on a batch
+TRANSIENT_ERROR = "transient_error"  # 5xx, timeout, DNS, 429: retried after a backoff
+BATCH_REJECTED = "batch_rejected"  # 400/422 on a batch: recorded, then bisected at once
 UNAUTHORISED = "unauthorised"  # a real HTTP 401
 FORBIDDEN = "forbidden"  # a real HTTP 403
 MANUAL_PAUSE = "manual_pause"  # `cloud pause`
@@ -77,6 +78,7 @@ class CloudState:
     key_id: str | None = None  # fingerprint of the key these fields belong to
     accepted_total: int = 0
     duplicates_total: int = 0
+    consecutive_quarantined: int = 0  # rows set aside since the last accepted batch
     quarantined: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +161,7 @@ def transition(state: CloudState, event: Event) -> CloudState:
             cursor=max(state.cursor, event.cursor or 0),
             last_success=event.at,
             consecutive_failures=0,
+            consecutive_quarantined=0,
             retry_at=None,
             accepted_total=state.accepted_total + event.accepted,
             duplicates_total=state.duplicates_total + event.duplicates,
@@ -166,7 +169,12 @@ def transition(state: CloudState, event: Event) -> CloudState:
     if kind == ROW_QUARANTINED:
         entry = {"id": event.row_id, "reason": event.error, "at": event.at}
         kept = (*state.quarantined, entry)[-_MAX_QUARANTINE_KEPT:]
-        return replace(state, cursor=max(state.cursor, event.cursor or 0), quarantined=kept)
+        return replace(
+            state,
+            cursor=max(state.cursor, event.cursor or 0),
+            quarantined=kept,
+            consecutive_quarantined=state.consecutive_quarantined + 1,
+        )
     if kind == TRANSIENT_ERROR:
         return replace(
             state,
@@ -175,6 +183,9 @@ def transition(state: CloudState, event: Event) -> CloudState:
             consecutive_failures=state.consecutive_failures + 1,
             retry_at=event.retry_at,
         )
+    if kind == BATCH_REJECTED:
+        # Splitting the batch is progress: no failure counted, no backoff.
+        return replace(state, last_error=event.error, last_error_at=event.at)
     if kind in (UNAUTHORISED, FORBIDDEN):
         if _is_stale(state, event):
             return state

@@ -41,6 +41,10 @@ from halton_meter.core.paths import Home
 BASE_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 300.0
 MAX_RETRY_AFTER_S = 3600.0
+# A server that refuses everything (a bad deploy, a schema change) must not make us set every
+# row aside: after this many rows refused alone with no batch accepted in between, the sync
+# holds (last_error, backoff) instead of quarantining more, until a batch goes through.
+MAX_CONSECUTIVE_QUARANTINE = 20
 IDLE_INTERVAL_S = 5.0  # caught up: look for new rows this often
 PAUSED_INTERVAL_S = 5.0  # paused or disconnected: re-read the state this often
 
@@ -309,6 +313,19 @@ class CloudSync:
         if outcome.kind == cc.REJECTED:
             if len(rows) == 1:
                 reason = _rejection_reason(outcome)
+                if cs.load_state(self.home).consecutive_quarantined >= MAX_CONSECUTIVE_QUARANTINE:
+                    held = cc.Outcome(
+                        cc.TRANSIENT,
+                        outcome.status,
+                        error=(
+                            f"cloud.rejected: {MAX_CONSECUTIVE_QUARANTINE} rows in a row were "
+                            f"refused and none accepted; holding row {rows[0].id} instead of "
+                            f"setting it aside ({reason})"
+                        ),
+                        url=outcome.url,
+                    )
+                    self._transient(held, result)
+                    raise _Stop
                 cs.apply(
                     self.home,
                     cs.Event(
@@ -323,7 +340,7 @@ class CloudSync:
                 _log().warning("cloud.row_quarantined", id=rows[0].id, reason=reason)
                 return
             # last_error records the refusal; no backoff: splitting is progress.
-            cs.apply(self.home, cs.Event(cs.TRANSIENT_ERROR, at=now, error=outcome.error))
+            cs.apply(self.home, cs.Event(cs.BATCH_REJECTED, at=now, error=outcome.error))
             _log().warning(
                 "cloud.batch_rejected", status=outcome.status, count=len(rows), error=outcome.error
             )
