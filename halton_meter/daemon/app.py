@@ -36,6 +36,7 @@ from halton_meter.daemon.addons.body_store import BodyCapture
 from halton_meter.daemon.addons.capture import Capture
 from halton_meter.daemon.addons.policy import InterceptPolicy
 from halton_meter.daemon.addons.upstream import UpstreamResolve
+from halton_meter.daemon.addons.websocket import WebSocketMeter
 from halton_meter.daemon.lifecycle import Lifecycle
 from halton_meter.daemon.roots import build_upstream_bundle
 from halton_meter.daemon.stats import Stats
@@ -126,6 +127,7 @@ def _build_master(
         UpstreamResolve(config.upstream.resolve, stats),
         capture,
         BodyCapture(store, max_bytes, stats),
+        WebSocketMeter(capture),  # before lifecycle: its done() writes before the flush
         lifecycle,
     )
     return master, lifecycle
