@@ -285,12 +285,10 @@ def test_handler_crash_is_a_500(
     assert crashed.status == 500 and crashed.completed
 
 
-def test_non_model_paths_on_anthropic(client: httpx.Client, sim: ProviderSim) -> None:
-    r = client.post(
-        "/api/event_logging/batch", json={"events": []}, headers={"host": "api.anthropic.com"}
-    )
-    assert r.status_code == 200 and r.json() == {}
-    r = client.get("/v1/nonexistent", headers={"host": "api.openai.com"})
-    assert r.status_code == 404
+def test_unknown_paths(client: httpx.Client, sim: ProviderSim) -> None:
+    r = client.get("/api/oauth/profile", headers={"host": "api.anthropic.com"})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
+    r = client.get("/", headers={"host": "api.openai.com"})
+    assert r.status_code == 200
     recs = sim.wait_for_requests(2)
-    assert recs[0].api == "anthropic.other" and recs[0].usage is None
+    assert [r.api for r in recs] == ["site", "site"] and recs[0].usage is None

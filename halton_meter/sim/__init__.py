@@ -38,8 +38,6 @@ api (as in the log)     method + path
 anthropic.messages      POST /v1/messages                       JSON, or SSE with "stream": true
 anthropic.count_tokens  POST /v1/messages/count_tokens          {"input_tokens": N}
 anthropic.models        GET  /v1/models  (Host *anthropic* or an anthropic-version header)
-anthropic.other         any  /api/...  on a Host containing "anthropic" (Claude Code's settings,
-                        telemetry): 200 {} and no usage, i.e. not a model call
 openai.chat             POST /v1/chat/completions               JSON / SSE
 openai.responses        POST /v1/responses                      JSON / SSE
 openai.responses.ws     GET  /v1/responses + Upgrade: websocket (response.create messages)

@@ -204,7 +204,7 @@ class SimApp:
             return resp
         call = Call(req=req, knobs=knobs, api=route.api, model=model, stream=stream, body=body)
         call.usage = default_usage(call)
-        if route.api.endswith(("models", "count_tokens", "other")):
+        if route.api.endswith(("models", "count_tokens")):
             call.usage.output_tokens = 0
         reply = route.handler(call)
         if call.wire_usage is not None:
@@ -302,9 +302,6 @@ def _route(req: SimRequest) -> _Route | None:
             return gemini.route(req, path)
         if path.startswith("/model/"):
             return bedrock.route(req, path)
-    if path.startswith("/api/") and "anthropic" in host:
-        # Claude Code's settings/telemetry calls: answered, never a model call.
-        return _Route("anthropic.other", "anthropic", lambda c: Reply(body=b"{}"), stream=False)
     if m == "GET" and not _is_ws(req):
         if path in ("/v1/models", "/api/v1/models", "/openai/v1/models"):
             if "anthropic" in host or req.header("anthropic-version"):
