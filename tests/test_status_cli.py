@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from hmtest import PYTHON, REPO, clean_env, free_port, wait_until
 
@@ -127,3 +130,85 @@ def test_status_falls_back_to_local_when_the_api_refuses_the_token(
     assert doc["source"] == "local"
     assert out.returncode == 2
     assert _status(home, "--json").stdout.count('"source": "api"') == 1
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _hm(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    user = home.parent / "user"
+    user.mkdir(exist_ok=True)
+    return subprocess.run(
+        [PYTHON, "-m", "halton_meter", *args],
+        cwd=REPO,
+        env=clean_env(home, HOME=str(user), XDG_CONFIG_HOME=str(user / ".config")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def started_home(hm_home: Path) -> Iterator[Path]:
+    """The real stack (supervisord and its four programs) on pinned free ports."""
+    from halton_meter.service.orphans import end_processes, our_processes
+
+    edge, daemon, api = free_port(), free_port(), free_port()
+    (hm_home / "config.toml").write_text(
+        f"[ports]\nedge = {edge}\ndaemon = {daemon}\napi = {api}\n"
+    )
+    started = _hm(hm_home, "start")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield hm_home
+    finally:
+        _hm(hm_home, "stop")
+        leftovers = our_processes(Home(hm_home))  # never by name: this home's pids only
+        end_processes(leftovers)
+        assert not leftovers, [p.pid for p in leftovers]
+
+
+def test_started_stack_is_healthy_killed_or_stopped_is_broken(started_home: Path) -> None:
+    home = started_home
+    doc: dict = {}
+
+    def healthy() -> bool:
+        nonlocal doc
+        out = _status(home, "--json")
+        doc = json.loads(out.stdout)
+        return out.returncode == 0 and doc["state"] == "HEALTHY"
+
+    wait_until(healthy, timeout=30, interval=0.5, what="HEALTHY after start")
+    assert doc["source"] == "api"
+    assert doc["reasons"] == []
+    assert {name: p["state"] for name, p in doc["programs"].items()} == {
+        "api": "RUNNING",
+        "daemon": "RUNNING",
+        "edge": "RUNNING",
+        "watchdog": "RUNNING",
+    }
+    ports = json.loads((home / "effective-ports.json").read_text())["ports"]
+    assert doc["ports"] == ports
+    human = _status(home)
+    assert human.returncode == 0
+    assert f"proxy-port:           {ports['edge']}" in human.stdout
+
+    # kill -9 of supervisord: the meter was started and not stopped, nothing supervises it.
+    supervisord = int((home / "run" / "supervisord.pid").read_text())
+    os.kill(supervisord, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(supervisord) or _zombie(supervisord), what="kill")
+    killed = _status(home, "--json")
+    assert killed.returncode == 2
+    assert "supervisord_unreachable" in [r["id"] for r in json.loads(killed.stdout)["reasons"]]
+
+    assert _hm(home, "stop").returncode == 0  # also ends the orphans
+    after = _status(home, "--json")
+    stopped = json.loads(after.stdout)
+    assert after.returncode == 2
+    assert stopped["source"] == "local"  # the API went with the rest
+    assert [r["id"] for r in stopped["reasons"]] == ["not_running"]
+    assert stopped["reasons"][0]["fix"] == "halton-meter start"
