@@ -315,3 +315,11 @@ def test_a_replaced_token_file_takes_effect_without_a_restart(api: Api) -> None:
     write_secret(api.home / "api-token", "rotated-token-value\n")
     assert api.get("/v1/status", token=old).status_code == 401
     assert api.get("/v1/status", token="rotated-token-value").status_code == 200
+
+
+def test_a_damaged_store_is_a_503_with_the_fix(api: Api) -> None:
+    (api.home / "db.sqlite").write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    response = api.get("/v1/report", token=api.token())
+    assert response.status_code == 503
+    assert "db.sqlite" in response.json()["detail"]
+    assert api.get("/health").status_code == 200  # the API itself stays up

@@ -107,6 +107,9 @@ def _report(
             out["by"] = by
             out["groups"] = queries.group_by(conn, by, **filters)
         return out
+    except sqlite3.DatabaseError as exc:
+        # Damaged underneath a reader: say which file and how to recover, never a traceback.
+        raise HTTPException(status_code=503, detail=str(db.corrupt_error(home.db, exc))) from None
     finally:
         conn.close()
 
