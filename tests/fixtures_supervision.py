@@ -1,7 +1,8 @@
 """A stand-in program for supervision tests: binds its effective port and answers HTTP.
 
-    python fixtures_supervision.py <edge|daemon|api> [--crash-after SECONDS]
+    python fixtures_supervision.py <edge|daemon|api> [--crash-after S | --hang-after S]
 
+The command line carries a ``halton_meter-standin`` marker so port_alloc counts it as ours.
 Reads the ports from effective-ports.json like the real programs; exits 1 when the bind
 fails (a foreign holder); exits 0 on SIGTERM; appends "hup" to <home>/<program>.hup on SIGHUP.
 """
@@ -24,7 +25,12 @@ def _serve(sock: socket.socket, program: str) -> None:
         threading.Thread(target=_answer, args=(conn, program), daemon=True).start()
 
 
+_HUNG = threading.Event()
+
+
 def _answer(conn: socket.socket, program: str) -> None:
+    if _HUNG.is_set():  # accepted by the kernel, never answered: a wedged event loop
+        time.sleep(3600)
     with conn:
         conn.settimeout(5)
         data = b""
@@ -50,7 +56,10 @@ def _answer(conn: socket.socket, program: str) -> None:
 
 def main() -> None:
     program = sys.argv[1]
-    crash_after = float(sys.argv[3]) if "--crash-after" in sys.argv else None
+    args = sys.argv[2:]
+    crash_after = float(args[args.index("--crash-after") + 1]) if "--crash-after" in args else None
+    if "--hang-after" in args:
+        threading.Timer(float(args[args.index("--hang-after") + 1]), _HUNG.set).start()
     home = Path(os.environ["HALTON_METER_HOME"])
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     hup = home / f"{program}.hup"

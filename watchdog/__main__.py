@@ -1,0 +1,3 @@
+from halton_watchdog.main import main
+
+main()
