@@ -450,3 +450,30 @@ def test_a_server_refusing_everything_does_not_quarantine_everything(
         result = _sync(home).sync_once()
     assert result.accepted == 10 and result.pending == 0
     assert cs.load_state(home).consecutive_quarantined == 0
+
+
+def test_a_replaced_database_is_synced_from_its_start(hm_home: Path, sim: CloudSim) -> None:
+    home = _home(hm_home, sim)
+    old = add_rows(home, 30)
+    assert _sync(home).sync_once().accepted == 30
+    # The user moves a damaged store aside; the daemon starts a fresh one (seq from 1).
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{home.db}{suffix}").unlink(missing_ok=True)
+    new = add_rows(home, 5)
+    assert account.status(home, load_config(home))["pending"] == 5
+    result = _sync(home).sync_once()
+    assert result.accepted == 5 and set(new) <= set(sim.rows)
+    assert len(sim.rows) == len(old) + len(new)
+
+
+def test_a_database_with_a_different_row_at_the_cursor_is_synced_again(
+    hm_home: Path, sim: CloudSim
+) -> None:
+    home = _home(hm_home, sim)
+    add_rows(home, 3)
+    _sync(home).sync_once()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{home.db}{suffix}").unlink(missing_ok=True)
+    fresh = add_rows(home, 10)  # grown past the old cursor before the sync looked
+    result = _sync(home).sync_once()
+    assert result.accepted == 10 and set(fresh) <= set(sim.rows)

@@ -15,7 +15,7 @@ from typing import Any
 
 from halton_meter.cloud import client as cc
 from halton_meter.cloud import state as cs
-from halton_meter.cloud.rows import open_store, pending_count
+from halton_meter.cloud.rows import cursor_is_stale, open_store, pending_count
 from halton_meter.core.config import Config, PlaceholderBaseURL, require_real_base_url
 from halton_meter.core.errors import EXIT_FAILURE, HaltonError
 from halton_meter.core.fsutil import write_secret
@@ -262,7 +262,8 @@ def status(home: Home, config: Config) -> dict[str, Any]:
     else:
         state = st.state
     with open_store(home) as conn:
-        pending = pending_count(conn, st.cursor)
+        stale = cursor_is_stale(conn, st.cursor, st.cursor_id)
+        pending = pending_count(conn, 0 if stale else st.cursor)
     last_error = st.last_error
     try:
         require_real_base_url(config)

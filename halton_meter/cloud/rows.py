@@ -54,6 +54,23 @@ def pending_count(conn: sqlite3.Connection | None, cursor: int) -> int:
     return int(conn.execute("SELECT count(*) FROM requests WHERE seq > ?", (cursor,)).fetchone()[0])
 
 
+def cursor_is_stale(conn: sqlite3.Connection | None, cursor: int, cursor_id: str | None) -> bool:
+    """True when the store is not the one the cursor was taken in (moved aside, recreated).
+
+    A new database restarts ``seq`` at 1: its AUTOINCREMENT high-water mark is below the
+    cursor, or the row at the cursor has another id. Rows pruned since are not a reason.
+    """
+    if cursor <= 0 or conn is None or not db.has_requests_table(conn):
+        return cursor > 0 and conn is not None
+    high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'requests'").fetchone()
+    if high is None or int(high[0]) < cursor:
+        return True
+    if cursor_id is None:
+        return False
+    at = conn.execute("SELECT id FROM requests WHERE seq = ?", (cursor,)).fetchone()
+    return at is not None and str(at[0]) != cursor_id
+
+
 def read_pending(
     conn: sqlite3.Connection | None,
     cursor: int,

@@ -53,6 +53,7 @@ BATCH_REJECTED = "batch_rejected"  # 400/422 on a batch: recorded, then bisected
 UNAUTHORISED = "unauthorised"  # a real HTTP 401
 FORBIDDEN = "forbidden"  # a real HTTP 403
 MANUAL_PAUSE = "manual_pause"  # `cloud pause`
+CURSOR_RESET = "cursor_reset"  # the database was replaced: start over (the server dedups)
 RESUMED = "resumed"  # `cloud resume`: whoami answered 200
 
 _MAX_QUARANTINE_KEPT = 1000
@@ -73,6 +74,7 @@ class CloudState:
     consecutive_failures: int = 0
     retry_at: str | None = None  # ISO 8601 UTC: no batch before this (backoff, Retry-After)
     cursor: int = 0  # the highest store `seq` delivered (or quarantined); all below it done
+    cursor_id: str | None = None  # the row id at `cursor`: detects a replaced database
     machine_id: str | None = None
     workspace: str | None = None
     key_id: str | None = None  # fingerprint of the key these fields belong to
@@ -107,7 +109,7 @@ class Event:
     cursor: int | None = None
     accepted: int = 0
     duplicates: int = 0
-    row_id: str | None = None
+    row_id: str | None = None  # the last row the event covers
     machine_id: str | None = None
     workspace: str | None = None
     key_id: str | None = None  # the key the request used; stale events are ignored
@@ -143,6 +145,12 @@ def _is_stale(state: CloudState, event: Event) -> bool:
     return event.key_id is not None and state.key_id is not None and event.key_id != state.key_id
 
 
+def _advanced(state: CloudState, event: Event) -> dict[str, Any]:
+    if event.cursor is None or event.cursor <= state.cursor:
+        return {}
+    return {"cursor": event.cursor, "cursor_id": event.row_id}
+
+
 def transition(state: CloudState, event: Event) -> CloudState:
     """The one place where the cloud state changes. Pure: returns the new state."""
     kind = event.kind
@@ -158,7 +166,7 @@ def transition(state: CloudState, event: Event) -> CloudState:
         # while the batch was in flight (the pause itself stays).
         return replace(
             state,
-            cursor=max(state.cursor, event.cursor or 0),
+            **_advanced(state, event),
             last_success=event.at,
             consecutive_failures=0,
             consecutive_quarantined=0,
@@ -171,7 +179,7 @@ def transition(state: CloudState, event: Event) -> CloudState:
         kept = (*state.quarantined, entry)[-_MAX_QUARANTINE_KEPT:]
         return replace(
             state,
-            cursor=max(state.cursor, event.cursor or 0),
+            **_advanced(state, event),
             quarantined=kept,
             consecutive_quarantined=state.consecutive_quarantined + 1,
         )
@@ -183,6 +191,8 @@ def transition(state: CloudState, event: Event) -> CloudState:
             consecutive_failures=state.consecutive_failures + 1,
             retry_at=event.retry_at,
         )
+    if kind == CURSOR_RESET:
+        return replace(state, cursor=0, cursor_id=None)
     if kind == BATCH_REJECTED:
         # Splitting the batch is progress: no failure counted, no backoff.
         return replace(state, last_error=event.error, last_error_at=event.at)

@@ -32,7 +32,13 @@ import httpx
 from halton_meter.cloud import client as cc
 from halton_meter.cloud import state as cs
 from halton_meter.cloud.account import read_token
-from halton_meter.cloud.rows import PendingRow, open_store, pending_count, read_pending
+from halton_meter.cloud.rows import (
+    PendingRow,
+    cursor_is_stale,
+    open_store,
+    pending_count,
+    read_pending,
+)
 from halton_meter.core.config import Config, PlaceholderBaseURL
 from halton_meter.core.errors import HaltonError
 from halton_meter.core.logging import get_logger
@@ -256,6 +262,11 @@ class CloudSync:
                 result.skipped = "paused" if st.state == cs.PAUSED else "stopped"
                 return
             with open_store(self.home) as conn:
+                if cursor_is_stale(conn, st.cursor, st.cursor_id):
+                    # A new database (the old one moved aside): its seqs restart at 1.
+                    # Start over; rows the server already has come back as duplicates.
+                    _log().warning("cloud.cursor_reset", old_cursor=st.cursor, db=str(self.home.db))
+                    st = cs.apply(self.home, cs.Event(cs.CURSOR_RESET))
                 rows = read_pending(
                     conn,
                     st.cursor,
@@ -298,6 +309,7 @@ class CloudSync:
                     cs.BATCH_ACCEPTED,
                     at=now,
                     cursor=rows[-1].seq,
+                    row_id=rows[-1].id,
                     accepted=accepted,
                     duplicates=duplicates,
                     key_id=kid,
