@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 
 from halton_meter.doctor.facts import (
     CA_VARS,
-    KNOWN_MODES,
     PROXY_VARS,
     ClientFacts,
     ServiceFacts,
 )
 from halton_meter.doctor.status import BROKEN, INCONSISTENT, Reason
+from halton_meter.install.modes import LEGACY_MODES
+from halton_meter.install.modes import MODES as KNOWN_MODES
 
 START = "halton-meter start"
 RESTART = "halton-meter stop && halton-meter start"
@@ -264,13 +265,14 @@ def check_sentinel(facts: ServiceFacts) -> list[Reason]:
     value = facts.install_mode
     if value is None or value in KNOWN_MODES:
         return []
-    if value == "gui":
+    if value in LEGACY_MODES:
+        target = LEGACY_MODES[value]
         return [
             Reason(
                 "install_mode_legacy",
-                "install-mode is `gui`, a legacy value; init migrates it to `full`.",
+                f"install-mode is `{value}`, a legacy value; init migrates it to `{target}`.",
                 INCONSISTENT,
-                "halton-meter init --full   # or --apps, the mode you want",
+                f"halton-meter init --{target}   # or the mode you want",
             )
         ]
     return [

@@ -17,10 +17,10 @@ from typing import Any
 from halton_meter.core.paths import Home
 from halton_meter.core.runtime import EffectivePorts
 from halton_meter.doctor import probes
+from halton_meter.install.modes import ENV_ONLY as DEFAULT_MODE  # no sentinel means env-only
+from halton_meter.install.modes import read_sentinel
 from halton_meter.service.rpc import ProgramInfo
 
-DEFAULT_MODE = "env-only"
-KNOWN_MODES = ("env-only", "apps", "full")
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY")
 # The CA variables, in the order of the reference's `unset` line.
 CA_VARS = (
@@ -71,11 +71,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_sentinel(home: Home) -> str | None:
-    try:
-        value = home.install_mode.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return value or None
+    return read_sentinel(home).raw or None
 
 
 def _our_pids(
