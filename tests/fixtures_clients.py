@@ -1,0 +1,183 @@
+"""Helpers for client-compatibility tests: a WebSocket client through a proxy, cached client
+installs (npm, pip) and the real supervised stack in a temporary home.
+
+Installs are cached under ``<repo>/.cache/clients/`` (git-ignored) and happen on first use, so
+a fresh CI machine with node, npm and the registries gets them automatically; later runs
+reuse them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hmtest import REPO
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+CACHE = REPO / ".cache" / "clients"
+NODE_DIR = CACHE / "node"
+# Pinned so a test run is reproducible; bump deliberately.
+NODE_PACKAGES = ("@openai/codex@0.171.0", "@anthropic-ai/sdk@1.17.0", "openai@6.49.0")
+INSTALL_TIMEOUT_S = 600
+
+
+# -- WebSocket through an HTTP proxy (CONNECT), as Codex does it --------------------------------
+
+
+@dataclass
+class WsEvent:
+    at: float  # time.monotonic() when the message arrived
+    obj: dict[str, Any]
+
+
+@dataclass
+class WsClient:
+    """A Responses-over-WebSocket client: CONNECT through ``proxy``, TLS, upgrade."""
+
+    tls: ssl.SSLSocket
+    ws: WSConnection
+    events: list[WsEvent] = field(default_factory=list)
+    status: int | None = None
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls,
+        proxy_port: int,
+        ca: Path,
+        *,
+        host: str = "api.openai.com",
+        path: str = "/v1/responses",
+        headers: Sequence[tuple[str, str]] = (),
+        timeout: float = 20.0,
+    ) -> Iterator[WsClient]:
+        raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+        try:
+            raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = raw.recv(4096)
+                if not chunk:
+                    raise AssertionError(f"proxy closed during CONNECT: {head!r}")
+                head += chunk
+            assert head.split(b" ", 2)[1] == b"200", head
+            ctx = ssl.create_default_context(cafile=str(ca))
+            tls = ctx.wrap_socket(raw, server_hostname=host)
+            ws = WSConnection(ConnectionType.CLIENT)
+            extra = [(k.encode(), v.encode()) for k, v in headers]
+            tls.sendall(ws.send(Request(host=host, target=path, extra_headers=extra)))
+            client = cls(tls=tls, ws=ws)
+            client._handshake()
+            yield client
+        finally:
+            raw.close()
+
+    def _handshake(self) -> None:
+        while self.status is None:
+            data = self.tls.recv(65536)
+            if not data:
+                raise AssertionError("connection closed during the WebSocket handshake")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    self.status = 101
+                elif isinstance(event, RejectConnection):
+                    self.status = event.status_code
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.tls.sendall(self.ws.send(TextMessage(data=json.dumps(obj))))
+
+    def receive_until(self, types: Sequence[str], count: int = 1) -> list[WsEvent]:
+        """Read events until ``count`` events whose type is in ``types`` arrived."""
+        seen = 0
+        start = len(self.events)
+        while seen < count:
+            data = self.tls.recv(65536)
+            if not data:
+                raise AssertionError(f"socket closed; got {[e.obj for e in self.events]}")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    ev = WsEvent(time.monotonic(), json.loads(event.data))
+                    self.events.append(ev)
+                    if ev.obj.get("type") in types:
+                        seen += 1
+                elif isinstance(event, CloseConnection):
+                    raise AssertionError(f"server closed: {event.code} {event.reason}")
+        return self.events[start:]
+
+    def read_to_eof(self) -> None:
+        """Read until the peer drops the connection (a truncated socket)."""
+        while True:
+            try:
+                data = self.tls.recv(65536)
+            except (ssl.SSLError, OSError):
+                return
+            if not data:
+                return
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    self.events.append(WsEvent(time.monotonic(), json.loads(event.data)))
+
+    def close(self) -> None:
+        self.tls.sendall(self.ws.send(CloseConnection(code=1000)))
+
+
+def create(model: str, text: str = "hi") -> dict[str, Any]:
+    return {"type": "response.create", "model": model, "input": text}
+
+
+# -- cached installs --------------------------------------------------------------------------
+
+
+@contextmanager
+def _install_lock(name: str) -> Iterator[None]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def node_modules() -> Path:
+    """``.cache/clients/node/node_modules`` with NODE_PACKAGES installed (npm, first use)."""
+    marker = NODE_DIR / ".installed"
+    want = "\n".join(NODE_PACKAGES)
+    with _install_lock("node"):
+        if not (marker.exists() and marker.read_text() == want):
+            NODE_DIR.mkdir(parents=True, exist_ok=True)
+            (NODE_DIR / "package.json").write_text('{"name": "hm-clients", "private": true}\n')
+            env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+            proc = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", *NODE_PACKAGES],
+                cwd=NODE_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT_S,
+            )
+            if proc.returncode != 0:
+                raise AssertionError(f"npm install failed:\n{proc.stdout}\n{proc.stderr}")
+            marker.write_text(want)
+    return NODE_DIR / "node_modules"
+
+
+def codex_bin() -> Path:
+    return node_modules() / ".bin" / "codex"
