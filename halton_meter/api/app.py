@@ -99,14 +99,16 @@ def _report(
     except db.StoreError as exc:
         raise HTTPException(status_code=503, detail=str(exc)) from None
     try:
-        out: dict[str, Any] = {
+        # The same two shapes as `report --json` / `report --by KEY --json`.
+        if by is not None:
+            return {
+                "groups": queries.group_by(conn, by, **filters),
+                "totals": queries.totals(conn, **filters),
+            }
+        return {
             "rows": queries.query_rows(conn, limit=limit, **filters),
             "totals": queries.totals(conn, **filters),
         }
-        if by is not None:
-            out["by"] = by
-            out["groups"] = queries.group_by(conn, by, **filters)
-        return out
     except sqlite3.DatabaseError as exc:
         # Damaged underneath a reader: say which file and how to recover, never a traceback.
         raise HTTPException(status_code=503, detail=str(db.corrupt_error(home.db, exc))) from None
