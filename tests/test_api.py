@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -323,3 +324,32 @@ def test_a_damaged_store_is_a_503_with_the_fix(api: Api) -> None:
     assert response.status_code == 503
     assert "db.sqlite" in response.json()["detail"]
     assert api.get("/health").status_code == 200  # the API itself stays up
+
+
+def test_report_answers_exactly_what_report_json_prints(api: Api) -> None:
+    now = datetime.now(UTC)
+    with RowWriter(api.home / "db.sqlite") as writer:
+        for i in range(4):
+            writer.submit(
+                _row(
+                    ts=now - timedelta(hours=i), tool=("curl", "python")[i % 2], project=f"p{i % 3}"
+                )
+            )
+        writer.submit(_row(ts=now, model="unknown-model", cost_usd=None, priced=False))
+        assert writer.flush()
+    for args, params in (
+        ([], {}),
+        (["--tool", "curl", "--limit", "1"], {"tool": "curl", "limit": 1}),
+        (["--since", "90m"], {"since": "90m"}),
+        (["--by", "project"], {"by": "project"}),
+    ):
+        cli = subprocess.run(
+            [PYTHON, "-m", "halton_meter", "report", "--json", *args],
+            cwd=REPO,
+            env=clean_env(api.home),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert api.get("/v1/report", token=api.token(), **params).json() == json.loads(cli.stdout)
