@@ -212,3 +212,37 @@ def test_started_stack_is_healthy_killed_or_stopped_is_broken(started_home: Path
     assert stopped["source"] == "local"  # the API went with the rest
     assert [r["id"] for r in stopped["reasons"]] == ["not_running"]
     assert stopped["reasons"][0]["fix"] == "halton-meter start"
+
+
+def test_an_unreadable_api_answer_falls_back_to_local(hm_home: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Garbled(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's hook name
+            body = json.dumps({"state": "HEALTHY", "ports": {}, "reasons": [{"nope": 1}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        save_effective_ports(
+            Home(hm_home),
+            EffectivePorts(edge=free_port(), daemon=free_port(), api=server.server_address[1]),
+        )
+        (hm_home / "api-token").write_text("t\n")
+        out = _status(hm_home, "--json")
+    finally:
+        server.shutdown()
+        server.server_close()
+    doc = json.loads(out.stdout)
+    assert doc["source"] == "local"
+    assert doc["state"] == "BROKEN" and out.returncode == 2  # never "HEALTHY" from garbage

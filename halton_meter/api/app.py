@@ -136,7 +136,7 @@ def create_app(home: Home) -> FastAPI:
 
         # Only the service-side checks: the caller's shell environment is not ours to see,
         # `halton-meter status` adds those checks locally.
-        return JSONResponse(build_status(home, client_env=None))
+        return JSONResponse(build_status(home, client_env=None, source="api"))
 
     @app.get("/v1/report", dependencies=[require_token])
     def report(

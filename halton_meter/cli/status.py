@@ -28,10 +28,14 @@ def status(
 
     home = Home.resolve()
     env = dict(os.environ)
+    document = None
     remote = api_get(home, "/v1/status", timeout=STATUS_TIMEOUT_S)
-    if remote is not None and isinstance(remote.get("ports"), dict):
-        document = with_client_checks(home, {**remote, "source": "api"}, env)
-    else:
+    if remote is not None:
+        try:
+            document = with_client_checks(home, {**remote, "source": "api"}, env)
+        except (KeyError, TypeError, ValueError):
+            document = None  # an answer we cannot read (another version?): look ourselves
+    if document is None:
         document = build_status(home, client_env=env)
     if as_json:
         typer.echo(json.dumps(document, indent=2))
