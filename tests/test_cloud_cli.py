@@ -44,9 +44,16 @@ def cli(
 
 
 def status_json(home: Path) -> dict:
-    proc = cli(home, "status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    # In-process (same command code, no interpreter start): most tests only read the state.
+    from typer.testing import CliRunner
+
+    from halton_meter.cli import app
+
+    result = CliRunner().invoke(
+        app, ["cloud", "status", "--json"], env={"HALTON_METER_HOME": str(home)}
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def test_connect_with_a_pairing_code_prompt_stores_a_0600_key(hm_home: Path, sim: CloudSim) -> None:
@@ -59,7 +66,9 @@ def test_connect_with_a_pairing_code_prompt_stores_a_0600_key(hm_home: Path, sim
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     key = token_file.read_text().strip()
     assert key.startswith("key-m-42")
-    data = status_json(hm_home)
+    proc = cli(hm_home, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
     assert data["state"] == "active" and data["paused_reason"] is None
     assert set(data) >= {
         "state",
@@ -272,3 +281,15 @@ def test_placeholder_base_url_fails_at_once_naming_url_and_config(hm_home: Path)
     data = status_json(hm_home)
     assert "https://cloud.example" in data["last_error"]
     assert str(hm_home / "config.toml") in data["last_error"]
+
+
+def test_connect_with_the_same_key_when_paused_forbidden_needs_no_confirmation(
+    hm_home: Path, sim: CloudSim
+) -> None:
+    home = _paused_forbidden(hm_home, sim)
+    from halton_meter.cloud.account import connect
+    from halton_meter.core.config import load_config
+
+    connect(home, load_config(home), token="k1", confirm=lambda q: False)
+    assert sim.revoked == [] and account.read_token(home) == "k1"
+    assert status_json(hm_home)["state"] == "active"

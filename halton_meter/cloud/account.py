@@ -118,8 +118,9 @@ def connect(
     (``confirm``); otherwise nothing changes and CloudCommandError is raised.
     """
     require_real_base_url(config)  # placeholder: raise at once, before any prompt
-    token = token or os.environ.get(TOKEN_ENV) or None
-    if connect_needs_confirmation(home):
+    token = (token or os.environ.get(TOKEN_ENV) or "").strip() or None
+    # Re-storing the key already held revokes nothing, so there is nothing to confirm.
+    if connect_needs_confirmation(home) and token != read_token(home):
         if warn is not None:
             warn(FORBIDDEN_CONNECT_WARNING)
         if not yes and not (confirm is not None and confirm(FORBIDDEN_CONNECT_PROMPT)):
