@@ -229,6 +229,7 @@ def _ws_roundtrip(
                         "response.completed",
                         "response.failed",
                         "response.incomplete",
+                        "error",
                     ):
                         expected_done -= 1
                 elif isinstance(event, CloseConnection):
@@ -281,3 +282,19 @@ def test_websocket_handshake_error(sim: ProviderSim) -> None:
         )
         head = tls.recv(65536)
     assert head.startswith(b"HTTP/1.1 429")
+
+
+def test_websocket_model_name_error(sim: ProviderSim) -> None:
+    sim.clear()
+    msgs: list[dict[str, Any]] = [
+        {"type": "response.create", "model": "gpt-5@sim:status=429", "input": "a"},
+        {"type": "response.create", "model": "gpt-5", "input": "b"},
+    ]
+    events = _ws_roundtrip(sim, msgs, [])
+    errors = [e for e in events if e["type"] == "error"]
+    assert len(errors) == 1 and errors[0]["status"] == 429
+    assert errors[0]["error"]["code"] == "rate_limit_exceeded"
+    assert events[-1]["type"] == "response.completed"
+    (rec,) = sim.wait_for_requests(1)
+    assert [c["status"] for c in rec.ws_calls] == [429, 200]
+    assert rec.ws_calls[0]["usage"] is None

@@ -292,3 +292,66 @@ def test_unknown_paths(client: httpx.Client, sim: ProviderSim) -> None:
     assert r.status_code == 200
     recs = sim.wait_for_requests(2)
     assert [r.api for r in recs] == ["site", "site"] and recs[0].usage is None
+
+
+def test_knobs_in_the_model_name(client: httpx.Client, sim: ProviderSim) -> None:
+    r = client.post("/v1/chat/completions", json={"model": "gpt-4o@sim:status=429"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    r = client.post(
+        "/v1/messages", json={**MSG, "model": "claude-x@sim:events=2,encoding=gzip", "stream": True}
+    )
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.text.count("event: content_block_delta") == 2
+    assert '"model":"claude-x"' in r.text  # echoed without the knobs
+    r = client.post(
+        "/v1beta/models/gemini-2.5-flash@sim:events=1:generateContent",
+        json={},
+        headers={"x-sim-events": "3"},  # the header wins
+    )
+    assert r.json()["modelVersion"] == "gemini-2.5-flash"
+    assert r.json()["usageMetadata"]["candidatesTokenCount"] == 3
+    r = client.post("/v1/chat/completions", json={"model": "m@sim:events=lots"})
+    assert r.status_code == 400
+    recs = sim.wait_for_requests(4)
+    assert [rec.model for rec in recs] == ["gpt-4o", "claude-x", "gemini-2.5-flash", "m"]
+
+
+def test_simulator_defaults() -> None:
+    with ProviderSim(defaults={"x-sim-events": "1", "X-Sim-Encoding": "br"}) as sim:
+        ctx = sim.client_ssl_context()
+        with httpx.Client(base_url=sim.base_url, verify=ctx, trust_env=False) as c:
+            r = c.post("/v1/chat/completions", json={})
+            assert r.headers["content-encoding"] == "br"
+            assert r.json()["choices"][0]["message"]["content"] == "Hello"
+            r = c.post("/v1/chat/completions", json={}, headers={"x-sim-events": "2"})
+            assert r.json()["choices"][0]["message"]["content"] == "Hello from"
+            r = c.post("/v1/chat/completions", json={"model": "gpt-4o@sim:events=0"})
+            assert r.json()["choices"][0]["message"]["content"] == ""
+
+
+def test_expect_100_continue_upload(client: httpx.Client, sim: ProviderSim) -> None:
+    """A large upload with Expect: 100-continue is not stalled waiting for the interim answer."""
+    import socket
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "z" * 2_000_000}]})
+    ctx = sim.client_ssl_context()
+    with (
+        socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="api.openai.com") as tls,
+    ):
+        tls.sendall(
+            (
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: api.openai.com\r\n"
+                f"content-length: {len(body)}\r\nexpect: 100-continue\r\n\r\n"
+            ).encode()
+        )
+        interim = tls.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100")
+        tls.sendall(body.encode())
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += tls.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200")
+    (rec,) = sim.wait_for_requests(1)
+    assert rec.body_size == len(body) and rec.usage is not None
+    assert rec.usage["prompt_tokens"] == len(body) // 4

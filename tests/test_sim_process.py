@@ -237,17 +237,22 @@ def test_huge_response_is_streamed_not_held(simproc: dict[str, Any]) -> None:
     assert proc.memory_info().rss - before < 40 * 1024 * 1024
 
 
-def test_sigterm_stops_the_process(tmp_path: Path) -> None:
+def test_defaults_and_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [PYTHON, "-m", "halton_meter.sim", "--dir", str(tmp_path / "c")],
+        [PYTHON, "-m", "halton_meter.sim", "--dir", str(tmp_path / "c"), "--default", "events=1"],
         cwd=REPO,
         env=clean_env(tmp_path / "home"),
         stdout=subprocess.PIPE,
         text=True,
     )
     assert proc.stdout is not None
-    port = json.loads(proc.stdout.readline())["port"]
-    assert port_open(port)
+    info = json.loads(proc.stdout.readline())
+    port = info["port"]
+    ctx = ssl.create_default_context(cafile=info["ca"])
+    r = httpx.post(
+        f"https://127.0.0.1:{port}/v1/chat/completions", json={}, verify=ctx, trust_env=False
+    )
+    assert r.json()["choices"][0]["message"]["content"] == "Hello"  # --default events=1
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(10) == 0
     assert not port_open(port)

@@ -126,10 +126,17 @@ x-sim-outcome: completed|incomplete|failed|error
                         (overloaded_error) and no message_delta; chat stream gets a
                         data: {"error":...} and no [DONE]; Responses response.failed (with usage).
 
+Where a client cannot set headers (a CLI, a WebSocket message), the model name carries knobs:
+``"gpt-4o@sim:status=429,events=3,delay-ms=20"`` (header name without ``x-sim-``; a bare key
+means "1"); the part before ``@sim:`` is the model echoed back and logged. Headers win over
+the model name, which wins over the simulator's defaults (``ProviderSim(defaults={...})``,
+``--default x-sim-delay-ms=20``). x-sim-usage needs the header (its JSON has commas).
+
 WebSocket (openai.responses.ws): knobs come from the upgrade request's headers and apply to
 every response.create on the connection (x-sim-truncate counts messages across the whole
 connection and aborts the socket); x-sim-status answers the handshake with that error instead
-of 101. Each response.create is one entry in the record's ws_calls; the record's usage/model
+of 101; a model-name status (``gpt-5@sim:status=429``) answers that one message with
+``{"type": "error", "status": 429, "error": {...}}`` and no usage. Each response.create is one entry in the record's ws_calls; the record's usage/model
 are the latest call's.
 
 The request log (``SimRecord``, or its dict over /_sim/log)

@@ -1,4 +1,5 @@
-"""``python -m halton_meter.sim --port N --dir D [--http-port M] [--name HOST ...]``.
+"""``python -m halton_meter.sim --port N --dir D [--http-port M] [--name HOST ...]
+[--default x-sim-delay-ms=20 ...]``.
 
 Prints one JSON line on stdout once listening: {"port", "http_port", "ca", "pid", "dir"}; then
 serves until SIGTERM/SIGINT. The request log is at ``GET /_sim/log``.
@@ -24,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=None)
     parser.add_argument("--dir", type=Path, default=None, help="where the CA and leaf live")
     parser.add_argument("--name", action="append", default=[], help="extra SAN (repeatable)")
+    parser.add_argument(
+        "--default",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="default knob for requests that set none, e.g. x-sim-delay-ms=20 (repeatable)",
+    )
     args = parser.parse_args(argv)
     if (
         args.host not in ("127.0.0.1", "localhost", "::1")
@@ -34,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sim = ProviderSim(args.dir, extra_names=args.name)
+    defaults: dict[str, str] = {}
+    for item in args.default:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--default needs KNOB=VALUE, got {item!r}")
+        key = key.strip().lower()
+        defaults[key if key.startswith("x-sim-") else f"x-sim-{key}"] = value
+    sim = ProviderSim(args.dir, extra_names=args.name, defaults=defaults)
     sim.start(args.host, args.port, http_port=args.http_port)
     info = {
         "port": sim.port,

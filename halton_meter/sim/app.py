@@ -12,7 +12,15 @@ from urllib.parse import unquote
 
 from halton_meter.core.logging import get_logger
 from halton_meter.sim import anthropic, bedrock, gemini, openai
-from halton_meter.sim.common import Call, KnobError, Knobs, Reply, default_usage, dumps
+from halton_meter.sim.common import (
+    Call,
+    KnobError,
+    Knobs,
+    Reply,
+    default_usage,
+    dumps,
+    split_model_knobs,
+)
 from halton_meter.sim.server import Progress, SimRequest, SimResponse
 from halton_meter.sim.websocket import responses_ws
 
@@ -123,6 +131,8 @@ class _Route:
 class SimApp:
     def __init__(self) -> None:
         self.requests: list[SimRecord] = []
+        # x-sim-* header values applied when neither the request nor its model name sets them
+        self.defaults: dict[str, str] = {}
         self._lock = threading.Lock()
         self._next_id = 1
 
@@ -182,16 +192,18 @@ class SimApp:
         if route is None:
             return self._site(req, rec)
         rec.api = route.api
+        body = _parse_body(req)
+        model = route.model or (body.get("model") if isinstance(body.get("model"), str) else None)
+        model = model or route.fallback_model or _default_model(route.family)
+        model, model_knobs = split_model_knobs(model)
+        rec.model = model
         try:
-            knobs = Knobs.from_request(req)
+            knobs = Knobs.from_request(req, model_knobs, self.defaults)
         except KnobError as exc:
             rec.status = 400
             return _error(route.family, 400, f"simulator knob error: {exc}", rec, None)
         defaults = vars(Knobs())
         rec.knobs = {k: v for k, v in vars(knobs).items() if v != defaults[k]}
-        body = _parse_body(req)
-        model = route.model or (body.get("model") if isinstance(body.get("model"), str) else None)
-        model = model or route.fallback_model or _default_model(route.family)
         stream = route.stream if route.stream is not None else bool(body.get("stream"))
         rec.model, rec.stream = model, stream
         if knobs.status is not None and knobs.status >= 400:
@@ -200,7 +212,7 @@ class SimApp:
         if route.api == "openai.responses.ws":
             rec.status = 101
             resp = SimResponse(status=101, progress=rec.progress)
-            resp.websocket = lambda session: responses_ws(session, knobs, rec)
+            resp.websocket = lambda session: responses_ws(session, req, rec, self.defaults)
             return resp
         call = Call(req=req, knobs=knobs, api=route.api, model=model, stream=stream, body=body)
         call.usage = default_usage(call)

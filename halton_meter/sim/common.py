@@ -6,7 +6,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -66,36 +66,51 @@ class Knobs:
     outcome: str = "completed"
 
     @classmethod
-    def from_request(cls, req: SimRequest) -> Knobs:
+    def from_request(cls, req: SimRequest, *fallbacks: Mapping[str, str]) -> Knobs:
+        """Knobs from the request's x-sim-* headers, else from each of ``fallbacks`` in turn
+        (knobs carried by the model name, the simulator's defaults)."""
+
+        def header(name: str) -> str | None:
+            value = req.header(name)
+            for more in fallbacks:
+                if value is not None:
+                    break
+                value = more.get(name)
+            return value
+
+        return cls.from_lookup(header)
+
+    @classmethod
+    def from_lookup(cls, header: Callable[[str], str | None]) -> Knobs:
         k = cls()
-        raw = req.header("x-sim-status")
+        raw = header("x-sim-status")
         if raw:
             k.status = _int(raw, "x-sim-status", 100, 599)
-        k.retry_after = req.header("x-sim-retry-after") or "1"
-        raw = req.header("x-sim-encoding")
+        k.retry_after = header("x-sim-retry-after") or "1"
+        raw = header("x-sim-encoding")
         if raw:
             if raw.strip().lower() not in ENCODINGS:
                 raise KnobError(f"x-sim-encoding must be one of {ENCODINGS}, got {raw!r}")
             k.encoding = raw.strip().lower()
-        raw = req.header("x-sim-events")
+        raw = header("x-sim-events")
         if raw:
             k.events = _int(raw, "x-sim-events", 0, 1_000_000)
-        raw = req.header("x-sim-delay-ms")
+        raw = header("x-sim-delay-ms")
         if raw:
             k.delay_s = _int(raw, "x-sim-delay-ms", 0, 600_000) / 1000
-        raw = req.header("x-sim-ttfb-ms")
+        raw = header("x-sim-ttfb-ms")
         if raw:
             k.ttfb_s = _int(raw, "x-sim-ttfb-ms", 0, 600_000) / 1000
-        raw = req.header("x-sim-truncate")
+        raw = header("x-sim-truncate")
         if raw:
             value = raw.strip().removeprefix("after=")
             k.truncate_after = _int(value, "x-sim-truncate", 0, 10_000_000)
-        raw = req.header("x-sim-malformed")
+        raw = header("x-sim-malformed")
         k.malformed = raw is not None and raw.strip().lower() not in ("", "0", "false", "no")
-        raw = req.header("x-sim-response-bytes")
+        raw = header("x-sim-response-bytes")
         if raw:
             k.response_bytes = _int(raw, "x-sim-response-bytes", 0, 1 << 40)
-        raw = req.header("x-sim-usage")
+        raw = header("x-sim-usage")
         if raw:
             try:
                 usage = json.loads(raw)
@@ -104,12 +119,29 @@ class Knobs:
             if not isinstance(usage, dict) or not set(usage) <= _USAGE_KEYS:
                 raise KnobError(f"x-sim-usage keys must be among {sorted(_USAGE_KEYS)}")
             k.usage = usage
-        raw = req.header("x-sim-outcome")
+        raw = header("x-sim-outcome")
         if raw:
             if raw.strip() not in OUTCOMES:
                 raise KnobError(f"x-sim-outcome must be one of {OUTCOMES}, got {raw!r}")
             k.outcome = raw.strip()
         return k
+
+
+MODEL_KNOB_MARK = "@sim:"
+
+
+def split_model_knobs(model: str) -> tuple[str, dict[str, str]]:
+    """``"gpt-4o@sim:status=429,events=3"`` -> ``("gpt-4o", {"x-sim-status": "429", ...})``:
+    knobs for clients that cannot set headers (a CLI, a WebSocket message)."""
+    if MODEL_KNOB_MARK not in model:
+        return model, {}
+    name, _, spec = model.partition(MODEL_KNOB_MARK)
+    knobs: dict[str, str] = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        if key.strip():
+            knobs[f"x-sim-{key.strip().lower()}"] = value.strip() if sep else "1"
+    return name, knobs
 
 
 def _int(raw: str, name: str, lo: int, hi: int) -> int:

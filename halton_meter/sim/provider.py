@@ -7,7 +7,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,8 +21,14 @@ class ProviderSim:
     """Start with ``start()`` or ``with ProviderSim() as sim:``; see the package docstring."""
 
     def __init__(
-        self, directory: Path | str | None = None, extra_names: Iterable[str] = ()
+        self,
+        directory: Path | str | None = None,
+        extra_names: Iterable[str] = (),
+        defaults: Mapping[str, str] | None = None,
     ) -> None:
+        """``directory`` holds the certificates (a temporary one when None); ``extra_names`` are
+        added to the leaf's SANs; ``defaults`` are x-sim-* knob values for requests that set
+        none (e.g. ``{"x-sim-delay-ms": "20"}`` for a demo that streams visibly)."""
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="halton-sim-")
@@ -30,6 +36,7 @@ class ProviderSim:
         self.directory = Path(directory)
         self.extra_names = list(extra_names)
         self.app = SimApp()
+        self.app.defaults.update({k.lower(): v for k, v in (defaults or {}).items()})
         self.certs: SimCerts | None = None
         self.host = "127.0.0.1"
         self.port = 0

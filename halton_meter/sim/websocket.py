@@ -9,14 +9,16 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from halton_meter.sim import openai
-from halton_meter.sim.common import Call, Knobs, default_usage, dumps
+from halton_meter.sim.common import Call, KnobError, Knobs, default_usage, dumps, split_model_knobs
 
 if TYPE_CHECKING:
     from halton_meter.sim.app import SimRecord
-    from halton_meter.sim.server import WebSocketSession
+    from halton_meter.sim.server import SimRequest, WebSocketSession
 
 
-async def responses_ws(session: WebSocketSession, knobs: Knobs, rec: SimRecord) -> None:
+async def responses_ws(
+    session: WebSocketSession, req: SimRequest, rec: SimRecord, defaults: dict[str, str]
+) -> None:
     sent = 0
     while True:
         message = await session.receive()
@@ -27,6 +29,7 @@ async def responses_ws(session: WebSocketSession, knobs: Knobs, rec: SimRecord) 
             data = json.loads(text)
         except ValueError:
             data = None
+        error: dict[str, Any]
         if not isinstance(data, dict) or data.get("type") != "response.create":
             error = {
                 "type": "error",
@@ -40,6 +43,27 @@ async def responses_ws(session: WebSocketSession, knobs: Knobs, rec: SimRecord) 
         )
         raw_model = body.get("model")
         model = raw_model if isinstance(raw_model, str) else openai.DEFAULT_MODEL
+        model, model_knobs = split_model_knobs(model)
+        try:
+            knobs = Knobs.from_request(req, model_knobs, defaults)
+        except KnobError as exc:
+            error = {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": str(exc)},
+            }
+            await session.send_text(dumps(error))
+            continue
+        if knobs.status is not None and knobs.status >= 400:
+            error = {
+                "type": "error",
+                "status": knobs.status,
+                **openai.error_body(knobs.status, "Simulated error."),
+            }
+            await session.send_text(dumps(error))
+            rec.ws_calls.append(
+                {"model": model, "status": knobs.status, "usage": None, "completed": True}
+            )
+            continue
         call = Call(
             req=session.request,
             knobs=knobs,
@@ -54,6 +78,7 @@ async def responses_ws(session: WebSocketSession, knobs: Knobs, rec: SimRecord) 
             "model": model,
             "usage": call.wire_usage,
             "usage_canonical": call.usage.to_dict(),
+            "status": 200,
             "completed": False,
         }
         rec.ws_calls.append(entry)
