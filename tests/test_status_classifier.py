@@ -549,3 +549,11 @@ def test_human_rendering_names_the_reference_rows(setup: Setup) -> None:
     assert any(line.split() == ["unmetered:", "0"] for line in lines)
     assert any(line.startswith("last-watchdog-action:") for line in lines)
     assert any(line.strip().startswith("fix: halton-meter init --full") for line in lines)
+
+
+def test_every_check_has_a_distinct_stable_name() -> None:
+    from halton_meter.doctor.checks import CLIENT_CHECKS, SERVICE_CHECKS, check_name
+
+    names = [check_name(c) for c in (*SERVICE_CHECKS, *CLIENT_CHECKS)]
+    assert len(set(names)) == len(names)
+    assert "supervisor" in names and "stale_ca" in names

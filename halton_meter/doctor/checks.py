@@ -22,6 +22,7 @@ from halton_meter.doctor.facts import (
 from halton_meter.doctor.status import BROKEN, INCONSISTENT, Reason
 from halton_meter.install.modes import LEGACY_MODES
 from halton_meter.install.modes import MODES as KNOWN_MODES
+from halton_meter.service.render import log_paths
 
 START = "halton-meter start"
 RESTART = "halton-meter stop && halton-meter start"
@@ -29,6 +30,7 @@ _UNSET_ALL = (
     "unset CURL_CA_BUNDLE SSL_CERT_FILE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS "
     "GIT_SSL_CAINFO AWS_CA_BUNDLE HTTPS_PROXY HTTP_PROXY NO_PROXY"
 )
+# The watchdog's loop detector: LOOPING (stopping it) and COOLDOWN (waiting to retry).
 _LOOPING = ("LOOPING", "COOLDOWN")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -102,6 +104,13 @@ def _program_down(facts: ServiceFacts) -> list[str]:
     ]
 
 
+def _err_log(facts: ServiceFacts, program: str) -> Path:
+    try:
+        return log_paths(facts.home, program)[1]
+    except KeyError:
+        return facts.home.root / f"{program}.err.log"
+
+
 def check_programs(facts: ServiceFacts) -> list[Reason]:
     reasons = []
     for name in _program_down(facts):
@@ -111,7 +120,7 @@ def check_programs(facts: ServiceFacts) -> list[Reason]:
             detail += f", exit status {info.exitstatus}"
         if info.spawnerr:
             detail += f", {info.spawnerr}"
-        log = facts.home.root / f"{name}.err.log"
+        log = _err_log(facts, name)
         reasons.append(
             Reason(
                 f"program_down.{name}",
@@ -142,7 +151,7 @@ def check_respawn_loops(facts: ServiceFacts) -> list[Reason]:
                 f"respawn_loop.{name}",
                 f"the {name} program is in a respawn loop{count}{cause}.",
                 BROKEN,
-                f"tail -n 100 {facts.home.root / f'{name}.err.log'}; fix the cause, then {RESTART}",
+                f"tail -n 100 {_err_log(facts, name)}; fix the cause, then {RESTART}",
             )
         )
     return reasons
@@ -402,3 +411,8 @@ def run_service_checks(facts: ServiceFacts) -> list[Reason]:
 
 def run_client_checks(client: ClientFacts) -> list[Reason]:
     return [reason for check in CLIENT_CHECKS for reason in check(client)]
+
+
+def check_name(check: Callable[..., list[Reason]]) -> str:
+    """A check's stable name (a `doctor` row id): its function name without ``check_``."""
+    return check.__name__.removeprefix("check_")
