@@ -355,3 +355,19 @@ def test_expect_100_continue_upload(client: httpx.Client, sim: ProviderSim) -> N
     (rec,) = sim.wait_for_requests(1)
     assert rec.body_size == len(body) and rec.usage is not None
     assert rec.usage["prompt_tokens"] == len(body) // 4
+
+
+def test_truncate_with_reset(client: httpx.Client, sim: ProviderSim) -> None:
+    with (
+        pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)),
+        client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"stream": True},
+            headers={"x-sim-truncate": "after=2,reset"},
+        ) as r,
+    ):
+        for _ in r.iter_lines():
+            pass
+    (rec,) = sim.wait_for_requests(1)
+    assert rec.truncated and rec.knobs["truncate_reset"] is True

@@ -57,9 +57,9 @@ def simproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         proc.wait(10)
 
 
-def _log(info: dict[str, Any]) -> list[dict[str, Any]]:
+def _log(info: dict[str, Any], since: int = 0) -> list[dict[str, Any]]:
     r = httpx.get(
-        f"https://127.0.0.1:{info['port']}/_sim/log",
+        f"https://127.0.0.1:{info['port']}/_sim/log?since={since}",
         verify=ssl.create_default_context(cafile=info["ca"]),
         trust_env=False,
     )
@@ -115,6 +115,7 @@ def test_curl_by_real_host_name_and_log(simproc: dict[str, Any]) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["usage"]["input_tokens"] == 11
     (rec,) = _log(simproc)
+    assert _log(simproc, since=rec["id"]) == []
     assert rec["host"] == "api.anthropic.com" and rec["sni"] == "api.anthropic.com"
     assert rec["headers"]["x-api-key"] == "sk-ant-curl"
     assert rec["api"] == "anthropic.messages" and rec["body_size"] == len(body)

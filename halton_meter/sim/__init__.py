@@ -21,8 +21,9 @@ As a process::
     python -m halton_meter.sim --port 0 --dir D [--http-port 0] [--name extra.host ...]
 
 prints ONE JSON line ``{"port", "http_port", "ca", "pid", "dir"}`` and serves until SIGTERM.
-``GET /_sim/log`` returns ``{"requests": [record, ...]}``; ``POST /_sim/reset`` clears it;
-``GET /_sim/health`` answers ``{"ok": true}``. Control paths are never logged.
+``GET /_sim/log[?since=ID]`` returns ``{"requests": [record, ...]}`` (records with id > ID);
+``POST /_sim/reset`` clears it; ``GET /_sim/health`` answers ``{"ok": true}``. Control paths
+are never logged.
 
 Certificates (``ca.py``): ``ca.pem`` (trust this), ``ca-key.pem`` (0600), ``leaf.pem``,
 ``leaf-key.pem`` (0600), reused while valid. The leaf covers api.anthropic.com, api.openai.com,
@@ -114,6 +115,7 @@ x-sim-truncate: after=K close the connection after K streamed events (counting e
                         message_start and ping included; a JSON-array element; an event-stream
                         frame), without the terminal event; the chunked body never ends. On a
                         non-streamed body: half the body, then close. Record: truncated=True.
+                        ``after=K,reset``: abort with a TCP RST instead of a clean close.
 x-sim-malformed: 1      JSON body cut in half (invalid JSON); streams get one bad event after
                         the first (``data: {...{oops``; a bad-CRC frame for event-stream).
 x-sim-response-bytes: N a response whose text totals N bytes, generated in 64 KiB pieces and

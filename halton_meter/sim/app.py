@@ -227,8 +227,9 @@ class SimApp:
 
     def _control(self, req: SimRequest) -> SimResponse:
         if req.path == "/_sim/log" and req.method == "GET":
+            since = int(req.query.get("since", "0") or 0)
             with self._lock:
-                body = {"requests": [r.to_dict() for r in self.requests]}
+                body = {"requests": [r.to_dict() for r in self.requests if r.id > since]}
             return _json(200, body)
         if req.path in ("/_sim/reset", "/_sim/log") and req.method in ("POST", "DELETE"):
             self.clear()
@@ -399,6 +400,7 @@ def _to_response(reply: Reply, knobs: Knobs, rec: SimRecord, req: SimRequest) ->
     resp.delay_s = knobs.delay_s
     resp.ttfb_s = knobs.ttfb_s
     resp.truncate_after = knobs.truncate_after
+    resp.truncate_reset = knobs.truncate_reset
     if reply.chunks is None:
         resp.body = reply.body[: max(1, len(reply.body) // 2)] if knobs.malformed else reply.body
     else:

@@ -60,6 +60,7 @@ class Knobs:
     delay_s: float = 0.0
     ttfb_s: float = 0.0
     truncate_after: int | None = None
+    truncate_reset: bool = False
     malformed: bool = False
     response_bytes: int | None = None
     usage: dict[str, Any] | None = None
@@ -103,8 +104,10 @@ class Knobs:
             k.ttfb_s = _int(raw, "x-sim-ttfb-ms", 0, 600_000) / 1000
         raw = header("x-sim-truncate")
         if raw:
-            value = raw.strip().removeprefix("after=")
+            parts = [p.strip() for p in raw.replace(";", ",").split(",") if p.strip()]
+            value = parts[0].removeprefix("after=") if parts else ""
             k.truncate_after = _int(value, "x-sim-truncate", 0, 10_000_000)
+            k.truncate_reset = "reset" in parts[1:]
         raw = header("x-sim-malformed")
         k.malformed = raw is not None and raw.strip().lower() not in ("", "0", "false", "no")
         raw = header("x-sim-response-bytes")

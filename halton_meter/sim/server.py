@@ -12,7 +12,9 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import socket
 import ssl
+import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -92,6 +94,7 @@ class SimResponse:
     delay_s: float = 0.0
     ttfb_s: float = 0.0  # pause before the status line
     truncate_after: int | None = None
+    truncate_reset: bool = False  # abort (TCP RST) instead of a clean close
     encoding: str | None = None  # gzip | br | zstd | deflate
     progress: Progress = field(default_factory=Progress)
     websocket: WsHandler | None = None
@@ -417,7 +420,7 @@ class HttpServer:
             part = body[: len(body) // 2]
             writer.write(conn.send(h11.Data(data=encoder.chunk(part) if encoder else part)))
             progress.bytes_sent = len(part)
-            await self._truncate(writer, progress)
+            await self._truncate(writer, progress, response.truncate_reset)
         data = encoder.chunk(body) + encoder.finish() if encoder else body
         if data:
             writer.write(conn.send(h11.Data(data=data)))
@@ -438,7 +441,7 @@ class HttpServer:
         try:
             for index, chunk in enumerate(iterator):
                 if response.truncate_after is not None and index >= response.truncate_after:
-                    await self._truncate(writer, progress)
+                    await self._truncate(writer, progress, response.truncate_reset)
                 if index and response.delay_s:
                     await asyncio.sleep(response.delay_s)
                 payload = encoder.chunk(chunk) if encoder else chunk
@@ -460,7 +463,7 @@ class HttpServer:
                 close()
         if response.truncate_after is not None and progress.events_sent >= response.truncate_after:
             # Asked to cut after K events and the stream had exactly K: still cut before the end.
-            await self._truncate(writer, progress)
+            await self._truncate(writer, progress, response.truncate_reset)
         if encoder is not None:
             tail = encoder.finish()
             if tail:
@@ -468,12 +471,21 @@ class HttpServer:
         writer.write(conn.send(h11.EndOfMessage()))
         await writer.drain()
 
-    async def _truncate(self, writer: asyncio.StreamWriter, progress: Progress) -> None:
+    async def _truncate(
+        self, writer: asyncio.StreamWriter, progress: Progress, reset: bool = False
+    ) -> None:
         progress.truncated = True
         with contextlib.suppress(Exception):
             await writer.drain()
-        # close() (not abort) so the events already written reach the client first.
-        writer.close()
+        if reset:
+            sock = writer.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                # SO_LINGER 0: the kernel answers with RST, as a crashed upstream would.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            # close() (not abort) so the events already written reach the client first.
+            writer.close()
         raise _Truncated()
 
     async def _upgrade(
