@@ -168,12 +168,14 @@ def _surface_drift(home: Home) -> tuple[str, list[SurfaceDrift]]:
     from halton_meter.core.logging import get_logger
     from halton_meter.core.runtime import load_effective_ports
     from halton_meter.install import modes
-    from halton_meter.install.env import client_env
+    from halton_meter.install.env import edge_url
 
     try:
         mode = modes.read_sentinel(home).mode
         ports = load_effective_ports(home)
-        expected = client_env(home, load_config(home), ports)
+        # Only the proxy URL is compared; client_env() would also write files into the home,
+        # and status never writes.
+        expected = {"HTTPS_PROXY": edge_url(load_config(home), ports)}
         found = modes.drift(home, ports, expected)
     except Exception as exc:  # noqa: BLE001 - status reports what it can
         get_logger().info("status.drift_unavailable", error=f"{type(exc).__name__}: {exc}")
