@@ -30,6 +30,7 @@ CA_VARS = (
     "NODE_EXTRA_CA_CERTS",
     "GIT_SSL_CAINFO",
     "AWS_CA_BUNDLE",
+    "CODEX_CA_CERTIFICATE",  # not in the reference's list; `run` sets it for Codex
 )
 
 ProgramInfosFn = Callable[[Home], "dict[str, ProgramInfo] | None"]
