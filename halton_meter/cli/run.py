@@ -1,4 +1,8 @@
-"""`halton-meter run`: exec a command with the nine client variables injected."""
+"""`halton-meter run`: exec a command with the client variables injected.
+
+The nine of the reference, ``CODEX_CA_CERTIFICATE``, and the Node fetch preload appended to
+any ``NODE_OPTIONS`` the user already has.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from halton_meter.core.errors import EXIT_USAGE
 from halton_meter.core.paths import Home
 from halton_meter.core.runtime import load_effective_ports
 from halton_meter.install.ca import build_combined_bundle
-from halton_meter.install.env import client_env
+from halton_meter.install.env import NODE_OPTIONS_VAR, client_env, merge_node_options
 
 _PROXY_TWINS = ("https_proxy", "http_proxy", "no_proxy")
 
@@ -50,7 +54,9 @@ def run(
     build_combined_bundle(home)
     env = dict(os.environ)
     injected = client_env(home, config, ports, project)
+    user_node_options = env.get(NODE_OPTIONS_VAR)
     env.update(injected)
+    env[NODE_OPTIONS_VAR] = merge_node_options(user_node_options, injected[NODE_OPTIONS_VAR])
     for twin in _PROXY_TWINS:
         env[twin] = injected[twin.upper()]
     if project:
@@ -59,6 +65,10 @@ def run(
         # A proxy variable pointing at a dead port would break the tool: run it unmetered.
         for var in (*_PROXY_TWINS, "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
             env.pop(var, None)
+        if user_node_options is None:
+            env.pop(NODE_OPTIONS_VAR, None)
+        else:
+            env[NODE_OPTIONS_VAR] = user_node_options
         print(
             f"halton-meter: the meter is not running (nothing on port {ports.edge}); "
             "running unmetered. Start it with: halton-meter start",

@@ -1,10 +1,22 @@
-"""The nine client variables, from the effective ports and the combined bundle."""
+"""The client variables, from the effective ports and the combined bundle.
+
+The nine of the reference, plus two that make clients the nine do not reach use the meter:
+``CODEX_CA_CERTIFICATE`` (Codex CLI's rustls trusts it first) and ``NODE_OPTIONS``, which
+preloads ``node/preload.cjs`` so Node's built-in fetch (Node 20/22 ignore ``HTTPS_PROXY``)
+goes through the edge. The preload is copied into the home: a variable must never point
+into a virtualenv that can be deleted, and a missing ``--require`` file stops every node
+process from starting.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from importlib import resources
+from pathlib import Path
 from urllib.parse import quote
 
 from halton_meter.core.config import Config
+from halton_meter.core.fsutil import atomic_write
 from halton_meter.core.paths import Home
 from halton_meter.core.runtime import EffectivePorts
 
@@ -17,8 +29,42 @@ CA_VARS = (
     "AWS_CA_BUNDLE",
 )
 NODE_CA_VAR = "NODE_EXTRA_CA_CERTS"
-CLIENT_VARS = (*PROXY_VARS, *CA_VARS, NODE_CA_VAR)
+CODEX_CA_VAR = "CODEX_CA_CERTIFICATE"
+NODE_OPTIONS_VAR = "NODE_OPTIONS"
+CLIENT_VARS = (*PROXY_VARS, *CA_VARS, NODE_CA_VAR, CODEX_CA_VAR, NODE_OPTIONS_VAR)
 NO_PROXY = "localhost,127.0.0.1,::1"
+NODE_PRELOAD_NAME = "node-preload.cjs"
+
+
+def node_preload_path(home: Home) -> Path:
+    return home.root / NODE_PRELOAD_NAME
+
+
+def node_require_option(home: Home) -> str:
+    """``--require <preload>``, quoted the way Node parses NODE_OPTIONS when needed."""
+    path = str(node_preload_path(home))
+    if any(ch.isspace() or ch in "\\\"'" for ch in path):
+        path = '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"--require {path}"
+
+
+def merge_node_options(existing: str | None, ours: str) -> str:
+    """The user's NODE_OPTIONS with ours appended, once."""
+    kept = (existing or "").strip()
+    if ours in kept:
+        return kept
+    return f"{kept} {ours}" if kept else ours
+
+
+def ensure_node_preload(home: Home) -> Path:
+    """Copy the packaged preload into the home when it is missing or out of date."""
+    target = node_preload_path(home)
+    data = resources.files("halton_meter.install").joinpath("node", "preload.cjs").read_bytes()
+    with contextlib.suppress(FileNotFoundError):
+        if target.read_bytes() == data:
+            return target
+    atomic_write(target, data, mode=0o644)  # node runs as the user; readable is enough
+    return target
 
 
 def edge_url(config: Config, ports: EffectivePorts, project: str | None = None) -> str:
@@ -35,9 +81,19 @@ def edge_url(config: Config, ports: EffectivePorts, project: str | None = None) 
 def client_env(
     home: Home, config: Config, ports: EffectivePorts, project: str | None = None
 ) -> dict[str, str]:
-    """The nine variables `run` injects and `init --apps` exports."""
+    """The variables `run` injects and `init --apps` exports.
+
+    Writes the Node preload into the home when the home exists (every caller that hands
+    these variables to clients passes through here), so ``NODE_OPTIONS`` never names a
+    missing file.
+    """
     proxy = edge_url(config, ports, project)
     env = {"HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "NO_PROXY": NO_PROXY}
     env.update({var: str(home.ca_bundle) for var in CA_VARS})
     env[NODE_CA_VAR] = str(home.ca_cert)
+    env[CODEX_CA_VAR] = str(home.ca_bundle)
+    if home.root.is_dir():
+        with contextlib.suppress(OSError):
+            ensure_node_preload(home)
+    env[NODE_OPTIONS_VAR] = node_require_option(home)
     return env
