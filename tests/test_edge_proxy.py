@@ -261,3 +261,41 @@ def test_corrupt_stats_and_registry_are_rebuilt(hm_home: Path) -> None:
         assert edge.events("edge.stats.corrupt") and edge.events("edge.registry.corrupt")
     finally:
         assert edge.stop() == 0
+
+
+def test_server_that_speaks_first_and_echoes(hm_home: Path) -> None:
+    # A banner sent before the client says anything (SSH/SMTP-like) must not be lost, whether
+    # the edge has already read it during the handshake or not.
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"BANNER " + b"x" * 200_000 + b"\n")
+                while data := conn.recv(65536):
+                    conn.sendall(data.upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+    edge = start_edge(hm_home, daemon_port=free_port())
+    try:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:
+                s.sendall(f"CONNECT 127.0.0.1:{srv.getsockname()[1]} HTTP/1.1\r\n\r\n".encode())
+                f = s.makefile("rb")
+                assert f.readline().startswith(b"HTTP/1.1 200 ")
+                while f.readline() != b"\r\n":
+                    pass
+                assert f.readline() == b"BANNER " + b"x" * 200_000 + b"\n"
+                s.sendall(b"ping\n")
+                assert f.readline() == b"PING\n"
+    finally:
+        edge.stop()
+        srv.close()

@@ -1,9 +1,10 @@
 """Which process is behind a client connection, and which tool it is.
 
-The client's source port leads to its pid: on Linux a scan of ``/proc/net/tcp{,6}`` for the
-socket whose local port is the client's and whose remote port is ours gives an inode, and the
-process holding ``socket:[inode]`` in ``/proc/*/fd`` owns it (~4 ms; pids seen recently are
-checked first, which makes a repeat client ~0.1 ms). On macOS psutil's per-process
+The client's source port leads to its pid: on Linux an exact ``sock_diag`` netlink lookup of
+the 4-tuple (falling back to a scan of ``/proc/net/tcp{,6}``, which costs time per socket on
+the machine) gives the client socket's inode, and the process holding ``socket:[inode]`` in
+``/proc/*/fd`` owns it (a few ms for the full scan; pids seen recently are checked first,
+which makes a repeat client ~0.2 ms). On macOS psutil's per-process
 ``net_connections`` answers the same question without root.
 
 The tool comes from the process and its ancestors' executables and arguments, most specific
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import struct
 import sys
 import threading
 from collections import OrderedDict
@@ -85,9 +88,15 @@ class PidFinder:
         self._size = recent
         self._lock = threading.Lock()
 
-    def find(self, client_port: int, server_port: int) -> int | None:
+    def find(
+        self,
+        client_port: int,
+        server_port: int,
+        client_ip: str = "127.0.0.1",
+        server_ip: str = "127.0.0.1",
+    ) -> int | None:
         if sys.platform.startswith("linux"):
-            pid = self._find_linux(client_port, server_port)
+            pid = self._find_linux(client_port, server_port, client_ip, server_ip)
         else:
             pid = self._find_psutil(client_port, server_port)
         if pid is not None:
@@ -102,8 +111,12 @@ class PidFinder:
         with self._lock:
             return list(reversed(self._recent))
 
-    def _find_linux(self, client_port: int, server_port: int) -> int | None:
-        inode = _socket_inode(client_port, server_port)
+    def _find_linux(
+        self, client_port: int, server_port: int, client_ip: str, server_ip: str
+    ) -> int | None:
+        inode = _diag_inode(client_ip, client_port, server_ip, server_port)
+        if inode is None:
+            inode = _socket_inode(client_port, server_port)
         if inode is None:
             return None
         target = f"socket:[{inode}]"
@@ -112,16 +125,14 @@ class PidFinder:
             seen.add(pid)
             if _pid_holds(pid, target):
                 return pid
-        with contextlib.suppress(OSError):
-            for entry in os.scandir("/proc"):
-                name = entry.name
-                if not name.isdigit():
-                    continue
-                pid = int(name)
-                if pid in seen:
-                    continue
-                if _pid_holds(pid, target):
-                    return pid
+        try:
+            pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        except OSError:
+            return None
+        # Newest first: a client we have not seen yet was most likely started just now.
+        for pid in sorted(pids, reverse=True):
+            if pid not in seen and _pid_holds(pid, target):
+                return pid
         return None
 
     def _find_psutil(self, client_port: int, server_port: int) -> int | None:
@@ -142,6 +153,44 @@ class PidFinder:
             if proc.pid not in seen and owns(proc):
                 return proc.pid
         return None
+
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST = 1
+_NLMSG_ERROR = 2
+_NOCOOKIE = 0xFFFFFFFF
+
+
+def _diag_inode(src_ip: str, sport: int, dst_ip: str, dport: int) -> int | None:
+    """The inode of the TCP socket (src_ip:sport -> dst_ip:dport), by an exact sock_diag lookup.
+
+    O(1) in the kernel, where reading /proc/net/tcp costs time per socket on the machine
+    (~5 ms with a thousand sockets in TIME_WAIT). None when netlink is unavailable.
+    """
+    try:
+        family = socket.AF_INET6 if ":" in src_ip else socket.AF_INET
+        src = socket.inet_pton(family, src_ip).ljust(16, b"\0")
+        dst = socket.inet_pton(family, dst_ip).ljust(16, b"\0")
+        sockid = struct.pack("!HH", sport, dport) + src + dst
+        sockid += struct.pack("=III", 0, _NOCOOKIE, _NOCOOKIE)
+        req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+        msg = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(msg + req)
+            data = nl.recv(65536)
+    except (OSError, AttributeError, ValueError):
+        return None
+    # nlmsghdr (16) + inet_diag_msg: family, state, timer, retrans (4), sockid (48),
+    # expires, rqueue, wqueue, uid, inode
+    if len(data) < 16 + 72:
+        return None
+    _, msg_type = struct.unpack_from("=IH", data, 0)
+    if msg_type != _SOCK_DIAG_BY_FAMILY:
+        return None
+    inode = struct.unpack_from("=I", data, 16 + 4 + 48 + 16)[0]
+    return int(inode) or None
 
 
 def _socket_inode(client_port: int, server_port: int) -> int | None:
@@ -351,8 +400,14 @@ class Identifier:
         self._size = cache_size
         self._lock = threading.Lock()
 
-    def identify(self, client_port: int, server_port: int) -> ClientIdentity:
-        pid = self._pids.find(client_port, server_port)
+    def identify(
+        self,
+        client_port: int,
+        server_port: int,
+        client_ip: str = "127.0.0.1",
+        server_ip: str = "127.0.0.1",
+    ) -> ClientIdentity:
+        pid = self._pids.find(client_port, server_port, client_ip, server_ip)
         if pid is None:
             return ClientIdentity(pid=None)
         try:

@@ -174,12 +174,18 @@ class EdgeServer:
 
     async def _identify(self, writer: asyncio.StreamWriter) -> ClientIdentity:
         peer = writer.get_extra_info("peername")
-        if not peer:
+        local = writer.get_extra_info("sockname")
+        if not peer or not local:
             return ClientIdentity(pid=None)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
-                self._pool, self.identifier.identify, int(peer[1]), self.port
+                self._pool,
+                self.identifier.identify,
+                int(peer[1]),
+                int(local[1]),
+                str(peer[0]),
+                str(local[0]),
             )
         except Exception:
             log.exception("edge.identify_failed")
