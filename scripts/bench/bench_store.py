@@ -1,7 +1,7 @@
 """Store benchmark: ingest rate through the RowWriter, and `report` time over a million rows.
 
-Baselines in the same run: raw `executemany` into the same schema (ingest), and
-`SELECT count(*)` over the table (report). Writes scripts/bench/out/store.json.
+Baselines in the same run: one `executemany` transaction into the same schema (ingest), and
+`halton-meter --version` (the CLI start-up floor under `report`). Writes scripts/bench/out/store.json.
 """
 
 from __future__ import annotations
