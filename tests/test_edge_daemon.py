@@ -37,6 +37,7 @@ CURL_ARGS = (
     "-H", "content-type: application/json", "--data", CURL_BODY,
 )  # fmt: skip
 MESSAGES = "https://api.anthropic.com/v1/messages"
+PLAIN_LLM = "llm.internal"  # an OpenAI-compatible server on plain http, listed in [capture] hosts
 
 
 @dataclass
@@ -80,8 +81,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = base / "hm"
     text = sim_config(
         sim,
-        extra_toml=f'[attribution]\nscan_roots = ["{scan_root}"]\n',
-        resolve_extra={"example.com:80": f"127.0.0.1:{sim.http_port}"},
+        extra_toml=(
+            f'[attribution]\nscan_roots = ["{scan_root}"]\n[capture]\nhosts = ["{PLAIN_LLM}"]\n'
+        ),
+        resolve_extra={
+            "example.com:80": f"127.0.0.1:{sim.http_port}",
+            f"{PLAIN_LLM}:80": f"127.0.0.1:{sim.http_port}",
+        },
     )
     try:
         daemon = start_daemon(home, sim, config_text=text)
@@ -209,3 +215,22 @@ def test_plain_http_is_forwarded_with_keep_alive(stack: Stack) -> None:
     assert "Re-using existing connection" in result.stderr
     paths = [r.path for r in stack.sim.requests[before:]]
     assert paths == ["/one", "/two"]  # origin-form on the wire
+
+
+def test_plain_http_llm_host_is_metered_with_attribution(stack: Stack) -> None:
+    repo = git_init(stack.workdir("plain-llm-repo"))
+    body = '{"model":"llama-3-70b","messages":[{"role":"user","content":"hi"}]}'
+    row = stack.one_row(
+        lambda: run_curl(
+            f"http://{PLAIN_LLM}/v1/chat/completions",
+            cwd=repo,
+            env=stack.env(),
+            args=("-H", "authorization: Bearer sk-local", "-H", "content-type: application/json",
+                  "--data", body),
+        )
+    )  # fmt: skip
+    assert (row["tool"], row["project"], row["tier"]) == ("curl", "plain-llm-repo", "git")
+    assert row["host"] == PLAIN_LLM and row["model"] == "llama-3-70b"
+    # the hand-over header never reaches the origin
+    rec = stack.sim.requests[-1]
+    assert rec.header("x-halton-attribution") is None and rec.path == "/v1/chat/completions"

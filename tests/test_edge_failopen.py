@@ -171,15 +171,30 @@ def test_stuck_daemon_fails_open_within_the_deadline(
 def test_no_daemon_at_all_still_serves_every_client(
     hm_home: Path, sim: ProviderSim, tmp_path: Path
 ) -> None:
-    (hm_home / "config.toml").write_text(sim_config(sim))
+    (hm_home / "config.toml").write_text(
+        sim_config(
+            sim,
+            extra_toml='[capture]\nhosts = ["llm.internal"]\n',
+            resolve_extra={"llm.internal:80": f"127.0.0.1:{sim.http_port}"},
+        )
+    )
     edge = start_edge(hm_home, daemon_port=free_port())
     try:
         env = client_env(hm_home, edge.url, trust_bundle(tmp_path / "b.pem", sim.ca_path))
         for kind in ("anthropic", "openai"):
             result = run_python_sdk(kind, cwd=tmp_path, env=env)
             assert result.returncode == 0 and result.stdout.startswith("OK"), result.stderr
-        stats = wait_until(lambda: (s := edge.stats())["unmetered_total"] == 2 and s)
-        assert stats["connections_total"] >= 2 and stats["metered_total"] == 0
+        # an LLM host on plain http fails open too
+        plain = run_curl(
+            "http://llm.internal/v1/chat/completions",
+            cwd=tmp_path,
+            env=env,
+            args=("--data", '{"model":"m","messages":[]}', "-H", "content-type: application/json"),
+        )
+        assert plain.returncode == 0, plain.stderr
+        stats = wait_until(lambda: (s := edge.stats())["unmetered_total"] == 3 and s)
+        assert stats["unmetered_by_host"]["llm.internal"] == 1
+        assert stats["connections_total"] >= 3 and stats["metered_total"] == 0
         assert {r.path for r in sim.requests} == {"/v1/messages", "/v1/chat/completions"}
     finally:
         edge.stop()

@@ -4,7 +4,9 @@
 carrying the attribution), every other host is tunnelled straight to its destination. When the
 daemon does not answer within ``daemon_timeout`` the LLM connection is tunnelled directly too
 (fail-open, counted as unmetered). Absolute-form plain HTTP requests are rewritten to origin-form
-and forwarded directly, with keep-alive. After the handshake, bytes are spliced at the transport
+and forwarded directly, with keep-alive; those for an LLM host (an OpenAI-compatible server on
+plain http, say) go to the daemon as absolute-form requests carrying the attribution header,
+failing open when it cannot be reached. After the handshake, bytes are spliced at the transport
 level (see `splice`).
 
 Client identification (pid, tool) runs once per new connection in a small thread pool, in
@@ -346,34 +348,44 @@ class EdgeServer:
     async def _plain(
         self, head: Head | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        upstream: tuple[str, int, asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        ident_checked = False
+        upstream: _Upstream | None = None
+        ident: ClientIdentity | None = None
+        handover: str | None = None  # the attribution header, resolved once per connection
         try:
             while head is not None:
                 method, target, version = head.first
                 host, port, origin_target = _absolute_target(target)
                 self._check_loop(head, host, port)
-                if not ident_checked:
-                    self._check_client(await self._identify(writer), host)
-                    ident_checked = True
-                if upstream is not None and upstream[2].at_eof():
-                    upstream[3].close()  # the origin closed the idle connection
+                if ident is None:
+                    ident = await self._identify(writer)
+                    self._check_client(ident, host)
+                intercepted = self.settings.intercept(host)
+                if intercepted and handover is None:
+                    att = await self._attribute(ident, head)
+                    handover = encode_attribution(
+                        ident.tool, att.project, att.tier, ident.pid, ident.cwd
+                    )
+                if upstream is not None and (
+                    upstream.reader.at_eof() or upstream.host != (host, port)
+                ):
+                    upstream.writer.close()  # idle connection closed, or another origin
                     upstream = None
-                if upstream is None or upstream[:2] != (host, port):
-                    if upstream is not None:
-                        upstream[3].close()
-                        upstream = None
-                    u_reader, u_writer = await self._direct(host, port)
-                    upstream = (host, port, u_reader, u_writer)
+                if upstream is None:
+                    upstream = await self._plain_upstream(host, port, intercepted)
+                if upstream.via_daemon:
+                    # The daemon is an HTTP proxy too: absolute-form, attribution on the request.
+                    request_target, extra = target, [(ATTRIBUTION_HEADER, handover or "")]
+                else:
+                    request_target, extra = origin_target, []
                 keep = await _forward_one(
-                    head, method, origin_target, version, host, port, reader, writer, upstream
+                    head, request_target, extra, (host, port), reader, writer, upstream
                 )
                 if keep == "spliced":
-                    await splice(reader, writer, upstream[2], upstream[3])
-                    upstream = None
+                    u, upstream = upstream, None
+                    await splice(reader, writer, u.reader, u.writer)
                     return True
                 if keep == "upstream_closed":
-                    upstream[3].close()
+                    upstream.writer.close()
                     upstream = None
                 elif keep == "close":
                     return False
@@ -381,7 +393,43 @@ class EdgeServer:
             return False
         finally:
             if upstream is not None:
-                upstream[3].close()
+                upstream.writer.close()
+
+    async def _plain_upstream(self, host: str, port: int, intercepted: bool) -> _Upstream:
+        if intercepted:
+            daemon_port = self.settings.daemon_port()
+            if daemon_port is None:
+                reason = "no_daemon_port"
+            elif time.monotonic() < self._breaker_until:
+                reason = "daemon_unresponsive"
+            else:
+                try:
+                    d_reader, d_writer = await asyncio.wait_for(
+                        asyncio.open_connection(
+                            self.settings.daemon_host, daemon_port, limit=_STREAM_LIMIT
+                        ),
+                        self.settings.daemon_timeout,
+                    )
+                except TimeoutError:
+                    self._trip_breaker()
+                    reason = "daemon_connect_timeout"
+                except OSError as exc:
+                    reason = "daemon_" + _os_reason(exc)
+                else:
+                    self.stats.metered()
+                    return _Upstream((host, port), d_reader, d_writer, via_daemon=True)
+            self.stats.unmetered(host, reason)
+            log.warning("edge.fail_open", host=host, reason=reason, port=port)
+        u_reader, u_writer = await self._direct(host, port)
+        return _Upstream((host, port), u_reader, u_writer, via_daemon=False)
+
+
+@dataclass
+class _Upstream:
+    host: tuple[str, int]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    via_daemon: bool
 
 
 def _absolute_target(target: str) -> tuple[str, int, str]:
@@ -400,24 +448,24 @@ def _absolute_target(target: str) -> tuple[str, int, str]:
 
 async def _forward_one(
     head: Head,
-    method: str,
-    origin_target: str,
-    version: str,
-    host: str,
-    port: int,
+    request_target: str,
+    extra_headers: list[tuple[str, str]],
+    origin: tuple[str, int],
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    upstream: tuple[str, int, asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: _Upstream,
 ) -> str:
     """Forward one request and its response. Returns keep / close / upstream_closed / spliced."""
-    _, _, u_reader, u_writer = upstream
-    headers = head.without(*_HOP_BY_HOP)
+    u_reader, u_writer = upstream.reader, upstream.writer
+    method, _, version = head.first
+    host, port = origin
+    headers = head.without(*_HOP_BY_HOP) + extra_headers
     if head.get("host") is None:
         headers.insert(0, ("Host", host if port == 80 else f"{host}:{port}"))
     client_close = "close" in head.tokens("connection") or (
         version == "HTTP/1.0" and "keep-alive" not in head.tokens("connection")
     )
-    u_writer.write(serialize_head((method, origin_target, version), headers))
+    u_writer.write(serialize_head((method, request_target, version), headers))
     length = httpio.content_length(head)
     chunked = httpio.is_chunked(head)
     has_body = chunked or bool(length)
