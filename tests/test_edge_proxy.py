@@ -189,7 +189,13 @@ def test_two_hundred_concurrent_connections_all_complete(
     wait_until(lambda: edge.stats()["connections_total"] >= 200, what="connections counted")
 
 
-def test_big_download_and_upload_through_a_tunnel_are_byte_exact(hm_home: Path) -> None:
+SPLICE_MODES = pytest.mark.parametrize("zerocopy", ["1", "0"], ids=["splice2", "transport-pipes"])
+
+
+@SPLICE_MODES
+def test_big_download_and_upload_through_a_tunnel_are_byte_exact(
+    hm_home: Path, zerocopy: str
+) -> None:
     # A local echo-ish origin: reads N bytes, answers with sha256 and then N bytes of its own.
     import hashlib
     import threading
@@ -210,7 +216,9 @@ def test_big_download_and_upload_through_a_tunnel_are_byte_exact(hm_home: Path) 
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    edge = start_edge(hm_home, daemon_port=free_port())
+    edge = start_edge(
+        hm_home, daemon_port=free_port(), env_extra={"HALTON_METER_EDGE_ZEROCOPY": zerocopy}
+    )
     try:
         with socket.create_connection(("127.0.0.1", edge.port), timeout=20) as s:
             s.sendall(f"CONNECT 127.0.0.1:{srv.getsockname()[1]} HTTP/1.1\r\n\r\n".encode())
@@ -263,7 +271,8 @@ def test_corrupt_stats_and_registry_are_rebuilt(hm_home: Path) -> None:
         assert edge.stop() == 0
 
 
-def test_server_that_speaks_first_and_echoes(hm_home: Path) -> None:
+@SPLICE_MODES
+def test_server_that_speaks_first_and_echoes(hm_home: Path, zerocopy: str) -> None:
     # A banner sent before the client says anything (SSH/SMTP-like) must not be lost, whether
     # the edge has already read it during the handshake or not.
     import threading
@@ -284,7 +293,9 @@ def test_server_that_speaks_first_and_echoes(hm_home: Path) -> None:
                     conn.sendall(data.upper())
 
     threading.Thread(target=serve, daemon=True).start()
-    edge = start_edge(hm_home, daemon_port=free_port())
+    edge = start_edge(
+        hm_home, daemon_port=free_port(), env_extra={"HALTON_METER_EDGE_ZEROCOPY": zerocopy}
+    )
     try:
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:

@@ -138,7 +138,9 @@ class PidFinder:
     def _find_psutil(self, client_port: int, server_port: int) -> int | None:
         def owns(proc: psutil.Process) -> bool:
             with contextlib.suppress(psutil.Error, OSError):
-                for c in proc.net_connections(kind="tcp"):
+                # psutil < 6 names it connections()
+                conns = getattr(proc, "net_connections", None) or proc.connections
+                for c in conns(kind="tcp"):
                     if c.laddr and c.raddr and c.laddr.port == client_port:
                         if c.raddr.port == server_port:
                             return True

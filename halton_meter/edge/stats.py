@@ -107,11 +107,19 @@ class EdgeStats:
         }
 
     def flush(self) -> None:
-        """Write now if anything changed (blocking: call from a thread or at shutdown)."""
+        """Write now if anything changed (blocking: at start and at shutdown)."""
+        payload = self._take()
+        if payload is not None:
+            self._write(payload)
+
+    def _take(self) -> str | None:
+        # Runs on the event loop thread: the counters are never read while being mutated.
         if not self._dirty:
-            return
+            return None
         self._dirty = False
-        payload = json.dumps(self.as_dict(), indent=1)
+        return json.dumps(self.as_dict(), indent=1)
+
+    def _write(self, payload: str) -> None:
         try:
             atomic_write(self.path, payload, mode=0o644)
         except OSError as exc:
@@ -122,5 +130,6 @@ class EdgeStats:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            if self._dirty:
-                await loop.run_in_executor(None, self.flush)
+            payload = self._take()
+            if payload is not None:
+                await loop.run_in_executor(None, self._write, payload)
