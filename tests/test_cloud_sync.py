@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -477,3 +478,26 @@ def test_a_database_with_a_different_row_at_the_cursor_is_synced_again(
     fresh = add_rows(home, 10)  # grown past the old cursor before the sync looked
     result = _sync(home).sync_once()
     assert result.accepted == 10 and set(fresh) <= set(sim.rows)
+
+
+def test_the_loop_notices_a_resume_and_logs_it(
+    hm_home: Path, sim: CloudSim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from halton_meter.core.logging import configure_logging
+
+    configure_logging("daemon", json_lines=True)
+    try:
+        home = _home(hm_home, sim)
+        add_rows(home, 2)
+        account.pause(home)
+        sync = _sync(home)
+        assert sync.sync_once().skipped == "paused"
+        account.resume(home, load_config(home))
+        assert sync.sync_once().accepted == 2
+    finally:
+        configure_logging("cli", level=logging.WARNING)
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    resumed = [e for e in events if e["event"] == "cloud.resumed"]
+    assert resumed and resumed[-1]["was"] == "paused_manual"
+    sent = [e for e in events if e["event"] == "cloud.batch_sent"]
+    assert sent and sent[-1]["accepted"] == 2

@@ -146,6 +146,7 @@ class CloudSync:
         self.paused_interval_s = paused_interval_s
         self._rng = rng or random.Random()
         self._stop: threading.Event | None = None
+        self._seen_paused: str | None = None  # the pause reason this loop last saw
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -177,7 +178,12 @@ class CloudSync:
                 cs.apply(self.home, cs.Event(cs.DISCONNECT, at=_iso(datetime.now(UTC))))
             return self._finish(result, skipped="disconnected", delay=self.paused_interval_s)
         if st.state == cs.PAUSED:
+            self._seen_paused = st.paused_reason
             return self._finish(result, skipped="paused", delay=self.paused_interval_s)
+        if self._seen_paused is not None:
+            # `cloud resume` ran in another process: say so in the daemon's log too.
+            _log().info("cloud.resumed", was=self._seen_paused)
+            self._seen_paused = None
         retry_at = _parse_iso(st.retry_at)
         now = datetime.now(UTC)
         if retry_at is not None and retry_at > now:
