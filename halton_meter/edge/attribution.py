@@ -9,7 +9,8 @@ Every answer names the tier that produced it (stored on the row, logged as
     ``HALTON_PROJECT`` in the client process's environment (what ``run --project`` sets).
 ``haltonrc``
     A ``.haltonrc`` with a ``project: <slug>`` (or ``project = "<slug>"``) line in the client's
-    working directory or any directory above it.
+    working directory or any directory above it (so it wins over a git root below it: put it
+    at the project root).
 ``git``
     The nearest directory at or above the working directory holding ``.git`` (a directory or
     a worktree's file): the slug is its basename.
