@@ -109,6 +109,21 @@ def test_bodies_go_only_when_send_bodies(hm_home: Path, sim: CloudSim) -> None:
     assert base64.b64decode(sim.rows[rid]["request_body_b64"]) == b'{"prompt": "hi"}'
 
 
+def test_batches_with_bodies_are_capped_in_size(
+    hm_home: Path, sim: CloudSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from halton_meter.cloud import rows
+
+    monkeypatch.setattr(rows, "MAX_BODY_BYTES_PER_BATCH", 3000)
+    home = _home(hm_home, sim, send_bodies=True, batch_size=100)
+    (home.bodies / "d").mkdir(parents=True)
+    (home.bodies / "d" / "big.request").write_bytes(b"x" * 1500)  # 2000 base64 chars
+    ids = add_rows(home, 6, request_body_path="d/big.request")
+    result = _sync(home).sync_once()
+    assert result.accepted == 6 and set(sim.rows) == set(ids)
+    assert [len(b["ids"]) for b in sim.batches] == [2, 2, 2]
+
+
 def test_ten_thousand_rows_arrive_exactly_once(hm_home: Path, sim: CloudSim) -> None:
     home = _home(hm_home, sim, batch_size=500)
     ids = add_rows(home, 10_000, model="m")

@@ -25,6 +25,7 @@ from halton_meter.store import db
 from halton_meter.store.codec import ROW_FIELDS, record
 
 _LOCAL_ONLY = ("request_body_path", "response_body_path")
+MAX_BODY_BYTES_PER_BATCH = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,22 @@ def read_pending(
         (cursor, limit),
     )
     out: list[PendingRow] = []
+    size = 0
     for values in cur:
         payload = record(list(ROW_FIELDS), values[1:])
         if send_bodies:
-            _attach_bodies(payload, home.bodies)
+            size += _attach_bodies(payload, home.bodies)
         for name in _LOCAL_ONLY:
             payload.pop(name, None)
         out.append(PendingRow(seq=int(values[0]), id=str(payload["id"]), payload=payload))
+        if size >= MAX_BODY_BYTES_PER_BATCH:
+            break  # bodies can be 4 MiB each: keep a request to a sane size (>= 1 row)
     return out
 
 
-def _attach_bodies(payload: dict[str, Any], root: Path) -> None:
+def _attach_bodies(payload: dict[str, Any], root: Path) -> int:
+    """Add the body files as base64; returns the bytes added."""
+    added = 0
     for kind in ("request", "response"):
         rel = payload.get(f"{kind}_body_path")
         if not rel:
@@ -107,4 +113,7 @@ def _attach_bodies(payload: dict[str, Any], root: Path) -> None:
             data = path.read_bytes()
         except OSError:
             continue  # pruned or never completed: the row still goes
-        payload[f"{kind}_body_b64"] = base64.b64encode(data).decode("ascii")
+        encoded = base64.b64encode(data).decode("ascii")
+        payload[f"{kind}_body_b64"] = encoded
+        added += len(encoded)
+    return added
