@@ -299,10 +299,10 @@ WIRE_CASES: list[tuple[str, str, dict[str, Any], dict[str, str], dict[str, int],
     ("bedrock-converse-stream", f"{BEDROCK}/converse-stream", CONVERSE_BODY, AWS_AUTH,
      USAGE_CACHE, ("bedrock", "bedrock_converse_stream", BEDROCK_MODEL, 1, False)),
     ("compatible", f"https://{COMPATIBLE_HOST}/openai/v1/chat/completions",
-     {**CHAT_BODY, "model": "llama-3.3-70b", "stream": True,
+     {**CHAT_BODY, "model": "llama-3.3-70b-versatile", "stream": True,
       "stream_options": {"include_usage": True}},
      {"authorization": "Bearer gsk-test"}, USAGE,
-     ("compatible", "chat", "llama-3.3-70b", 1, True)),
+     ("compatible", "chat", "llama-3.3-70b-versatile", 1, True)),
 ]  # fmt: skip
 
 
@@ -330,8 +330,9 @@ def test_wire_shapes(
     assert (row["provider"], row["api"], row["stream"]) == (provider, api, stream)
     assert row["model"] == (model or rec.model or row["model"])
     assert row["model"], row
-    if provider == "bedrock":
-        assert row["priced"] == 1, row  # Converse names no model: priced by the path's id
+    if provider in ("bedrock", "compatible"):
+        # Converse names no model: priced by the path's id; a compatible host by its URL.
+        assert row["priced"] == 1, row
     if provider == "openrouter":
         assert rec.usage_canonical is not None
         assert Decimal(row["billed_cost_usd"]) == Decimal(rec.usage_canonical["cost"])

@@ -148,7 +148,7 @@ class _Unpriced:
     note: str = "pricing unavailable"
 
 
-def _unpriced(_usage: Any, _ts: Any) -> _Unpriced:
+def _unpriced(_usage: Any, _ts: Any, **_kw: Any) -> _Unpriced:
     return _Unpriced()
 
 

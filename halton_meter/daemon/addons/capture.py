@@ -10,6 +10,7 @@ status None) or, for flows still in flight, when the daemon shuts down.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class RowSink(Protocol):
     def submit(self, row: Row) -> None: ...
 
 
-Pricer = Callable[[Usage, datetime], Any]  # -> PriceResult(cost_usd, priced, note)
+Pricer = Callable[..., Any]  # (usage, ts, host=) -> PriceResult(cost_usd, priced, note)
 
 
 @dataclass
@@ -132,7 +133,9 @@ class Capture:
         if declared is None or declared > REQUEST_KEEP_LIMIT:
             # Large or of unknown length: streamed on, never held whole (a 10 MiB upload).
             state.request_streamed = True
-            req.stream = Tee(reader.feed, reader.finish, self._tee_error(state, "request"))
+            req.stream = Tee(
+                reader.feed, lambda: None, self._tee_error(state, "request"), self._later
+            )
         # Otherwise mitmproxy buffers it (small) and the `request` hook reads it: the body
         # is then known even when the upstream cannot be reached.
 
@@ -143,8 +146,7 @@ class Capture:
             return
         raw = flow.request.raw_content
         if raw:
-            state.request.feed(raw)
-        state.request.finish()
+            self._later(state.request.feed, raw)
 
     @fail_open("addon.capture.error")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -152,7 +154,6 @@ class Capture:
         if state is None or state.done or flow.response is None:
             return
         resp = flow.response
-        state.request.finish()  # a body-less request never saw its end-of-stream call
         state.row.status = resp.status_code
         state.error_type_header = resp.headers.get("x-amzn-errortype")
         if resp.timestamp_start:
@@ -163,22 +164,21 @@ class Capture:
             resp.headers.get("content-type", ""),
             resp.headers.get("content-encoding", ""),
         )
-        reader = state.response
 
         def end() -> None:
-            reader.finish()
-            self._finalize(flow, state, error=None, partial=False)
+            self._finalize(flow, state, error=None, partial=False, ended_at=tee.ended_at)
 
-        resp.stream = Tee(reader.feed, end, self._tee_error(state, "response"))
+        tee = Tee(state.response.feed, end, self._tee_error(state, "response"), self._later)
+        resp.stream = tee
 
     @fail_open("addon.capture.error")
     def response(self, flow: http.HTTPFlow) -> None:
-        # Reached after the tee's end-of-stream call, or for a response with no body at all.
+        # After the tee's end-of-stream (then this finds the row done), or for a response
+        # with no body at all. Queued behind any chunk still being read.
         state = state_of(flow)
         if state is not None and not state.done:
-            if state.response is not None:
-                state.response.finish()
-            self._finalize(flow, state, error=None, partial=False)
+            ended = flow.response.timestamp_end if flow.response else None
+            self._later(self._finalize, flow, state, None, False, ended)
 
     @fail_open("addon.capture.error")
     def error(self, flow: http.HTTPFlow) -> None:
@@ -189,9 +189,7 @@ class Capture:
         # A response had started: what was seen is kept, marked partial (client abort,
         # upstream cut). No response at all: the upstream could not be reached.
         started_response = flow.response is not None
-        if state.response is not None:
-            state.response.finish()
-        self._finalize(flow, state, error=message, partial=started_response)
+        self._later(self._finalize, flow, state, message, started_response, time.time())
 
     def done(self) -> None:
         """Daemon shutdown: flows still in flight are written as partial rows."""
@@ -203,6 +201,22 @@ class Capture:
                 log.error("addon.capture.error", error=repr(exc), hook="done")
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` after the current hook or chunk, in order, off the forwarding path."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (direct use): run now
+            self._guarded(fn, args)
+            return
+        loop.call_soon(self._guarded, fn, args)
+
+    def _guarded(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.stats.metering_errors += 1
+            log.error("addon.capture.error", error=repr(exc), hook=getattr(fn, "__name__", "?"))
 
     def _tee_error(self, state: FlowState, side: str) -> Callable[[BaseException], None]:
         def report(exc: BaseException) -> None:
@@ -218,16 +232,24 @@ class Capture:
         return report
 
     def _finalize(
-        self, flow: http.HTTPFlow, state: FlowState, *, error: str | None, partial: bool
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        error: str | None,
+        partial: bool,
+        ended_at: float | None = None,
     ) -> None:
         if state.done:
             return
         state.done = True
+        state.request.finish()
+        if state.response is not None:
+            state.response.finish()
         self._live.pop(flow.id, None)
         self.stats.live_flows = len(self._live)
         row = state.row
         try:
-            self._fill(flow, state, row, error=error, partial=partial)
+            self._fill(flow, state, row, error=error, partial=partial, ended_at=ended_at)
         finally:
             for close in state.closers:
                 try:
@@ -239,10 +261,16 @@ class Capture:
             self.stats.rows_submitted += 1
 
     def _fill(
-        self, flow: http.HTTPFlow, state: FlowState, row: Row, *, error: str | None, partial: bool
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        row: Row,
+        *,
+        error: str | None,
+        partial: bool,
+        ended_at: float | None,
     ) -> None:
-        now = time.time()
-        row.latency_ms = round((now - state.started) * 1000, 3)
+        row.latency_ms = round(((ended_at or time.time()) - state.started) * 1000, 3)
         req_reader, resp_reader = state.request, state.response
         row.request_bytes = req_reader.wire_bytes
         request_body = req_reader.complete_body
@@ -292,7 +320,7 @@ class Capture:
             row.price_note = "no usage reported"
             return
         try:
-            result = self.pricer(usage, row.ts)
+            result = self.pricer(usage, row.ts, host=row.host)
         except Exception as exc:
             self.stats.metering_errors += 1
             log.error("addon.capture.pricing_error", row_id=row.id, error=repr(exc))
