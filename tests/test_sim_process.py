@@ -287,3 +287,15 @@ def test_certs_are_reused_and_extended(tmp_path: Path) -> None:
     extended.leaf_cert.write_text("garbage")
     healed = ensure_sim_certs(d)
     assert x509.load_pem_x509_certificate(healed.leaf_cert.read_bytes()).issuer == ca.subject
+
+
+def test_refuses_non_loopback(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [PYTHON, "-m", "halton_meter.sim", "--host", "0.0.0.0", "--dir", str(tmp_path / "c")],
+        cwd=REPO,
+        env=clean_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 1 and "loopback" in r.stderr and r.stdout == ""

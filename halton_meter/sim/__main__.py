@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+from halton_meter.core.bindguard import OVERRIDE_ENV, is_loopback_host
+from halton_meter.core.logging import configure_logging
 from halton_meter.sim.provider import ProviderSim
 
 
@@ -33,11 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         help="default knob for requests that set none, e.g. x-sim-delay-ms=20 (repeatable)",
     )
     args = parser.parse_args(argv)
-    if (
-        args.host not in ("127.0.0.1", "localhost", "::1")
-        and os.environ.get("HALTON_METER_ALLOW_NON_LOOPBACK") != "1"
-    ):
-        print("the simulator binds loopback only", file=sys.stderr)
+    configure_logging("sim")  # the simulator logs only errors (stderr); stdout is the JSON line
+    if not is_loopback_host(args.host) and os.environ.get(OVERRIDE_ENV) != "1":
+        print(f"the simulator binds loopback only, not {args.host}", file=sys.stderr)
         return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
