@@ -1,0 +1,173 @@
+"""The trigger-kept daily sums agree with the rows, through every kind of write."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_store import make_row, write_rows
+
+from halton_meter.core.paths import Home
+from halton_meter.store import db, queries
+from halton_meter.store.codec import format_total
+
+START = datetime(2026, 11, 28, 0, 0, tzinfo=UTC)
+TOKENS = queries.TOKEN_FIELDS
+
+
+def _random_row(rng: random.Random, i: int) -> Any:
+    priced = rng.random() < 0.8
+    cost = None
+    if priced:
+        cost = rng.choice(
+            [Decimal("0.1"), Decimal("0.2"), Decimal("0.000123"), Decimal("1E-13"), Decimal(3)]
+        )
+    return make_row(
+        id=f"row{i:05d}",
+        ts=START
+        + timedelta(seconds=rng.randrange(0, 5 * 86400), microseconds=rng.randrange(10**6)),
+        project=rng.choice(["alpha", "beta", "gamma"]),
+        model=rng.choice(["gpt-4o", "claude-sonnet-4", None]),
+        provider=rng.choice(["openai", "anthropic", None]),
+        tool=rng.choice(["curl", "claude-code"]),
+        cost_usd=cost,
+        priced=priced,
+        partial=rng.random() < 0.1,
+        **{t: rng.choice([None, rng.randrange(0, 5000)]) for t in TOKENS},
+    )
+
+
+def _oracle(rows: list[dict[str, Any]], key: str | None) -> dict[Any, dict[str, Any]]:
+    """Sums computed in Python from the rows themselves: an independent answer."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        value = None if key is None else (r["ts"][:10] if key == "day" else r[key])
+        groups.setdefault(value, []).append(r)
+    out = {}
+    for value, members in groups.items():
+        entry: dict[str, Any] = {"requests": len(members)}
+        for t in TOKENS:
+            reported = [m[t] for m in members if m[t] is not None]
+            entry[t] = sum(reported) if reported else None
+        entry["cost_usd"] = format_total(
+            sum((Decimal(m["cost_usd"]) for m in members if m["priced"]), Decimal(0))
+        )
+        entry["unpriced"] = sum(1 for m in members if not m["priced"])
+        entry["partial"] = sum(1 for m in members if m["partial"])
+        out[value] = entry
+    return out
+
+
+def _check(conn: sqlite3.Connection, filters: dict[str, Any]) -> None:
+    rows = queries.query_rows(conn, limit=None, **filters)
+    expected_total = _oracle(rows, None).get(None)
+    total = queries.totals(conn, **filters)
+    if expected_total is None:
+        assert total["requests"] == 0 and total["cost_usd"] == "0", (filters, total)
+    else:
+        assert total == expected_total, filters
+    for key in queries.GROUP_KEYS:
+        got = {
+            g[key]: {k: v for k, v in g.items() if k != key}
+            for g in queries.group_by(conn, key, **filters)
+        }
+        assert got == _oracle(rows, key), (key, filters)
+
+
+def _filter_cases(rng: random.Random) -> Iterator[dict[str, Any]]:
+    yield {}
+    yield {"since": START + timedelta(days=2)}  # exactly midnight: whole days only
+    yield {"since": START + timedelta(days=1, hours=5, microseconds=7)}  # cuts a day
+    yield {"until": START + timedelta(days=3, hours=1)}
+    yield {"since": START + timedelta(days=1, hours=3), "until": START + timedelta(days=1, hours=9)}
+    yield {"since": START + timedelta(days=1), "until": START + timedelta(days=2)}
+    yield {"since": START + timedelta(days=9)}  # after everything
+    for _ in range(12):
+        lo = START + timedelta(seconds=rng.randrange(-86400, 6 * 86400))
+        case: dict[str, Any] = {"since": lo}
+        if rng.random() < 0.5:
+            case["until"] = lo + timedelta(seconds=rng.randrange(0, 3 * 86400))
+        for column, choices in (
+            ("project", ["alpha", "beta"]),
+            ("model", ["gpt-4o"]),
+            ("provider", ["anthropic"]),
+            ("tool", ["curl"]),
+        ):
+            if rng.random() < 0.3:
+                case[column] = rng.choice(choices)
+        yield case
+
+
+@pytest.fixture
+def store(hm_home: Path) -> Iterator[tuple[Path, random.Random]]:
+    rng = random.Random(20261204)
+    path = Home.resolve().db
+    write_rows(path, [_random_row(rng, i) for i in range(600)])
+    yield path, rng
+
+
+def test_sums_match_the_rows_after_inserts(store: tuple[Path, random.Random]) -> None:
+    path, rng = store
+    with contextlib.closing(db.connect(path, readonly=True)) as conn:
+        for case in _filter_cases(rng):
+            _check(conn, case)
+
+
+def test_sums_follow_upserts_reprices_moves_and_deletes(store: tuple[Path, random.Random]) -> None:
+    path, rng = store
+    # upserts: the writer re-submits rows with the same id and new contents
+    write_rows(path, [_random_row(rng, i) for i in range(0, 600, 7)])
+    with contextlib.closing(db.connect(path)) as conn:
+        # repricing
+        for rec in queries.unpriced_rows(conn, limit=20):
+            queries.set_price(conn, rec["id"], Decimal("0.05"), None)
+        # a backfill moving rows to another project and day
+        conn.execute(
+            "UPDATE requests SET project = 'moved', ts = '2026-11-30T23:59:59.999999Z' "
+            "WHERE id IN ('row00001', 'row00002', 'row00003')"
+        )
+        # a token count corrected in place; a row deleted
+        conn.execute("UPDATE requests SET input_tokens = NULL WHERE id = 'row00010'")
+        conn.execute("DELETE FROM requests WHERE id IN ('row00011', 'row00012')")
+        for case in _filter_cases(rng):
+            _check(conn, case)
+        _check(conn, {"project": "moved"})
+        # deleting everything leaves no empty groups behind
+        conn.execute("DELETE FROM requests")
+        assert conn.execute("SELECT count(*) FROM rollup_daily").fetchone()[0] == 0
+        assert queries.group_by(conn, "project") == []
+
+
+def test_migration_backfills_sums_for_existing_rows(hm_home: Path) -> None:
+    path = Home.resolve().db
+    conn = sqlite3.connect(path)
+    for step in db.MIGRATIONS[:3]:  # the schema before the rollup existed
+        step(conn)
+    conn.execute("PRAGMA user_version = 3")
+    for i, cost in enumerate(["0.1", "0.2", None]):
+        conn.execute(
+            "INSERT INTO requests (id, ts, project, cost_usd, cost_pico, priced, input_tokens, "
+            "updated_at) VALUES (?, ?, 'p', ?, ?, ?, 10, 'x')",
+            (
+                f"old{i}",
+                f"2026-12-0{i + 1}T10:00:00.000000Z",
+                cost,
+                None if cost is None else int(Decimal(cost) * 10**12),
+                0 if cost is None else 1,
+            ),
+        )
+    conn.commit()
+    conn.close()
+    with contextlib.closing(db.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM rollup_daily").fetchone()[0] == 3
+        total = queries.totals(conn)
+        assert total["requests"] == 3 and total["cost_usd"] == "0.3" and total["unpriced"] == 1
+        assert total["input_tokens"] == 30
+        _check(conn, {})
