@@ -516,3 +516,12 @@ def test_the_loop_notices_a_resume_and_logs_it(
     assert resumed and resumed[-1]["was"] == "paused_manual"
     sent = [e for e in events if e["event"] == "cloud.batch_sent"]
     assert sent and sent[-1]["accepted"] == 2
+
+
+def test_a_413_batch_is_split_and_delivered(hm_home: Path, sim: CloudSim) -> None:
+    home = _home(hm_home, sim, batch_size=8)
+    ids = add_rows(home, 8)
+    sim.fail_next(413)
+    result = _sync(home).sync_once()
+    assert result.accepted == 8 and not result.quarantined and set(sim.rows) == set(ids)
+    assert [len(b["ids"]) for b in sim.batches] == [4, 4]

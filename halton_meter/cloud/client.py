@@ -9,7 +9,7 @@ The base URL is checked before anything touches the network: a placeholder TLD r
 :class:`PlaceholderBaseURL` at once, naming the URL and the config path.
 
 Every answer becomes an :class:`Outcome`: ``ok``, ``unauthorised`` (401), ``forbidden``
-(403), ``rejected`` (400/422: this batch's content), or ``transient`` (5xx, 429, timeouts,
+(403), ``rejected`` (400/422, and 413: this batch's content or size), or ``transient`` (5xx, 429, timeouts,
 DNS and connection failures, anything unexpected).
 """
 
@@ -101,7 +101,8 @@ def classify_response(response: httpx.Response) -> Outcome:
         )
     if status == 403:
         return Outcome(FORBIDDEN, status, data, f"cloud.forbidden: HTTP 403 from {url}", url=url)
-    if status in (400, 422):
+    # 413 too: a batch too large for the server is split like a refused one.
+    if status in (400, 413, 422):
         return Outcome(
             REJECTED, status, data, f"cloud.rejected: HTTP {status} from {url}: {detail}", url=url
         )
