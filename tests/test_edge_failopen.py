@@ -146,17 +146,17 @@ def test_stuck_daemon_fails_open_within_the_deadline(
 ) -> None:
     (hm_home / "config.toml").write_text(sim_config(sim))
     srv, held, _ = _silent_listener()
-    edge = start_edge(hm_home, daemon_port=srv.getsockname()[1], daemon_timeout=0.5)
+    edge = start_edge(hm_home, daemon_port=srv.getsockname()[1], daemon_timeout=1.5)
     try:
         env = client_env(hm_home, edge.url, trust_bundle(tmp_path / "b.pem", sim.ca_path))
         t0 = time.monotonic()
         assert run_curl(MESSAGES, cwd=tmp_path, env=env, args=CURL_ARGS).returncode == 0
         first = time.monotonic() - t0
-        assert 0.5 <= first < 3.0, first
+        assert 1.5 <= first < 5.0, first
         # The breaker: while the daemon stays stuck, connections fail open without waiting.
         t0 = time.monotonic()
         assert run_curl(MESSAGES, cwd=tmp_path, env=env, args=CURL_ARGS).returncode == 0
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 1.0
         reasons = [e["reason"] for e in edge.events("edge.fail_open")]
         assert reasons[:2] == ["daemon_no_answer", "daemon_unresponsive"]
         assert len(held) >= 1  # the edge did try the daemon first
