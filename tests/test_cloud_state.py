@@ -119,3 +119,9 @@ def test_concurrent_updates_from_processes_lose_nothing(hm_home: Path) -> None:
         p.join(60)
         assert p.exitcode == 0
     assert cs.load_state(Home.resolve(hm_home)).accepted_total == 100
+
+
+def test_a_missing_home_is_created_private(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "fresh-home")
+    assert cs.load_state(home).state == cs.DISCONNECTED
+    assert stat.S_IMODE(home.root.stat().st_mode) == 0o700

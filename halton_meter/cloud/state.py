@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from halton_meter.core.fsutil import SECRET_FILE_MODE, atomic_write
+from halton_meter.core.fsutil import SECRET_FILE_MODE, atomic_write, ensure_dir
 from halton_meter.core.logging import get_logger
 from halton_meter.core.paths import Home
 
@@ -236,7 +236,7 @@ def _lock_path(home: Home) -> Path:
 
 @contextlib.contextmanager
 def _locked(home: Home) -> Iterator[None]:
-    home.root.mkdir(parents=True, exist_ok=True)
+    ensure_dir(home.root)  # 0700 from creation, like every home directory
     fd = os.open(_lock_path(home), os.O_RDWR | os.O_CREAT, SECRET_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
