@@ -14,6 +14,8 @@ from halton_meter.daemon.guard import fail_open
 from halton_meter.daemon.stats import Stats
 
 HEADER = "X-Halton-Attribution"
+# The edge's loop marker travels on the same CONNECT; like the attribution it is ours alone.
+EDGE_HEADER = "X-Halton-Edge"
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,14 @@ class Attribution:
         return self._by_client.get(client.id, DEFAULT)
 
     def _take(self, flow: http.HTTPFlow) -> None:
-        value = flow.request.headers.get(HEADER)
+        headers = flow.request.headers
+        if EDGE_HEADER in headers:
+            del headers[EDGE_HEADER]
+        value = headers.get(HEADER)
         if value is None:
             return
         # The header is ours alone: it never travels upstream.
-        del flow.request.headers[HEADER]
+        del headers[HEADER]
         try:
             self._by_client[flow.client_conn.id] = decode_header(value)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -75,7 +80,7 @@ class Attribution:
     @fail_open("addon.attribution.error")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Absolute-form requests (plain http://) carry it on the request itself.
-        if HEADER in flow.request.headers:
+        if HEADER in flow.request.headers or EDGE_HEADER in flow.request.headers:
             self._take(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
