@@ -88,10 +88,7 @@ def alive(pid: int | None) -> bool:
         return False
 
 
-@pytest.fixture
-def meter(hm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Meter]:
-    for program in ("edge", "daemon", "api"):
-        monkeypatch.setenv(f"HALTON_METER_TEST_CMD_{program.upper()}", standin(program))
+def _supervised(monkeypatch: pytest.MonkeyPatch) -> Iterator[Meter]:
     entries: list[subprocess.Popen[bytes]] = []
     spawn = control.spawn_entry
 
@@ -109,6 +106,20 @@ def meter(hm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Meter]:
         entry.kill()
         entry.wait(5)
     assert not leftover, f"processes left behind: {[p.pid for p in leftover]}"
+
+
+@pytest.fixture
+def meter(hm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Meter]:
+    """Stand-in edge, daemon and api; the real watchdog."""
+    for program in ("edge", "daemon", "api"):
+        monkeypatch.setenv(f"HALTON_METER_TEST_CMD_{program.upper()}", standin(program))
+    yield from _supervised(monkeypatch)
+
+
+@pytest.fixture
+def real_meter(hm_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Meter]:
+    """The real programs."""
+    yield from _supervised(monkeypatch)
 
 
 def pin_free_ports(home: Home, **extra: str) -> EffectivePorts:
@@ -458,3 +469,33 @@ def test_wedged_program_is_restarted_by_liveness_probes(
     )
     assert meter.infos()["api"].pid != api_pid
     assert "watchdog.liveness_restart" in meter.watchdog_log()
+
+
+# --- the real programs ------------------------------------------------------------------------
+
+
+def test_real_programs_start_healthy_recover_from_kill_9_and_stop_clean(real_meter: Meter) -> None:
+    meter = real_meter
+    ports = pin_free_ports(meter.home)
+    outcome = control.start(meter.home)
+    assert outcome.ok, outcome.message
+    assert meter.answers()
+    wait_until(meter.all_running, timeout=15, what="all RUNNING")
+    for program in ("daemon", "edge", "api"):
+        info = meter.infos()[program]
+        assert info.pid
+        env = environ(info.pid)
+        assert env["HALTON_METER_HOME"] == str(meter.home.root)
+        assert not {k for k in env if k.upper() in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")}
+    victim = meter.pid("daemon")
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: meter.infos()["daemon"].pid not in (None, victim) and meter.answers(),
+        timeout=20,
+        what="the daemon back after kill -9",
+    )
+    wait_until(lambda: meter.state().get("exits", {}).get("daemon") == 1, timeout=10)
+    pids = [meter.pid(p) for p in ("daemon", "edge", "api", "watchdog")]
+    assert control.stop(meter.home).ok
+    assert not any(alive(p) for p in pids)
+    assert not port_open(ports.edge) and not port_open(ports.daemon) and not port_open(ports.api)
