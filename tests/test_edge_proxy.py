@@ -310,3 +310,27 @@ def test_server_that_speaks_first_and_echoes(hm_home: Path, zerocopy: str) -> No
     finally:
         edge.stop()
         srv.close()
+
+
+def test_listens_on_the_effective_edge_port(hm_home: Path) -> None:
+    from hmtest import port_open
+
+    from halton_meter.core.runtime import EffectivePorts, save_effective_ports
+
+    edge_port = free_port()
+    save_effective_ports(Home(hm_home), EffectivePorts(edge=edge_port, daemon=free_port(), api=1))
+    with open(hm_home / "edge.err.log", "ab") as err:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "halton_meter.edge"],
+            cwd=REPO,
+            env=clean_env(hm_home),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        wait_until(lambda: port_open(edge_port), what="edge on the effective port")
+        reply = _raw(edge_port, f"CONNECT 127.0.0.1:{edge_port} HTTP/1.1\r\n\r\n".encode())
+        assert reply.startswith(b"HTTP/1.1 508 ")
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
