@@ -26,13 +26,36 @@ from halton_meter.service.render import log_paths
 
 START = "halton-meter start"
 RESTART = "halton-meter stop && halton-meter start"
-_UNSET_ALL = (
+UNSET_ALL = (
     "unset CURL_CA_BUNDLE SSL_CERT_FILE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS "
     "GIT_SSL_CAINFO AWS_CA_BUNDLE HTTPS_PROXY HTTP_PROXY NO_PROXY"
+)
+# The variables a stale session environment leaves behind (the reference's unsetenv list).
+SESSION_VARS = (
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "CURL_CA_BUNDLE",
+    "AWS_CA_BUNDLE",
 )
 # The watchdog's loop detector: LOOPING (stopping it) and COOLDOWN (waiting to retry).
 _LOOPING = ("LOOPING", "COOLDOWN")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def clear_service_env_fix() -> str:
+    """Shell commands that clear proxy/CA variables from the service manager's environment
+    (what programs it starts inherit): launchctl's user domain on macOS, the systemd user
+    manager on Linux."""
+    from halton_meter.platform import is_macos
+
+    if is_macos():
+        return "; ".join(f"launchctl unsetenv {var}" for var in SESSION_VARS)
+    return "systemctl --user unset-environment " + " ".join((*SESSION_VARS, "ALL_PROXY"))
 
 
 def _supervised(facts: ServiceFacts) -> bool:
@@ -126,7 +149,7 @@ def check_programs(facts: ServiceFacts) -> list[Reason]:
                 f"program_down.{name}",
                 f"the {name} program is not running ({detail}).",
                 BROKEN,
-                f"tail -n 100 {log}; then {RESTART}",
+                f"tail -n 100 {log}; {RESTART}",
             )
         )
     return reasons
@@ -151,7 +174,7 @@ def check_respawn_loops(facts: ServiceFacts) -> list[Reason]:
                 f"respawn_loop.{name}",
                 f"the {name} program is in a respawn loop{count}{cause}.",
                 BROKEN,
-                f"tail -n 100 {_err_log(facts, name)}; fix the cause, then {RESTART}",
+                f"tail -n 100 {_err_log(facts, name)}   # fix the cause, then: {RESTART}",
             )
         )
     return reasons
@@ -177,10 +200,7 @@ def check_recursion(facts: ServiceFacts) -> list[Reason]:
             + "; ".join(parts)
             + ".",
             BROKEN,
-            "clear the proxy variables from the service manager's environment "
-            "(Linux: systemctl --user unset-environment HTTPS_PROXY HTTP_PROXY ALL_PROXY; "
-            "macOS: launchctl unsetenv HTTPS_PROXY; launchctl unsetenv HTTP_PROXY), then "
-            + RESTART,
+            clear_service_env_fix() + "; " + RESTART,
         )
     ]
 
@@ -197,7 +217,7 @@ def check_foreign_ports(facts: ServiceFacts) -> list[Reason]:
         pids = " ".join(str(h.pid) for h in holders if h.pid)
         fix = f"lsof -nP -iTCP:{port} -sTCP:LISTEN"
         fix += f"; kill {pids}" if pids else ""
-        fix += f"; then {RESTART}"
+        fix += f"; {RESTART}"
         reasons.append(
             Reason(
                 f"port_foreign.{role}",
@@ -220,7 +240,7 @@ def check_edge_accepts(facts: ServiceFacts) -> list[Reason]:
             "edge_unreachable",
             f"clients cannot connect to the edge: nothing accepts on {facts.listen_host}:{port}.",
             BROKEN,
-            f"tail -n 100 {facts.home.edge_err_log}; then {RESTART}",
+            f"tail -n 100 {facts.home.edge_err_log}; {RESTART}",
         )
     ]
 
@@ -244,7 +264,7 @@ def check_failing_open(facts: ServiceFacts) -> list[Reason]:
     if not _supervised(facts) or not facts.accepting.get("edge"):
         return []
     daemon = (facts.programs or {}).get("daemon")
-    fix = f"tail -n 100 {facts.home.daemon_err_log}; then {RESTART}"
+    fix = f"tail -n 100 {facts.home.daemon_err_log}; {RESTART}"
     if not facts.accepting.get("daemon") or (daemon is not None and daemon.state != "RUNNING"):
         return [
             Reason(
@@ -297,8 +317,8 @@ def check_sentinel(facts: ServiceFacts) -> list[Reason]:
 
 _CLOUD_FIXES = {
     "paused_unauthorised": "halton-meter cloud resume   # if the token is still bad: halton-meter cloud connect",
-    "paused_forbidden": "ask the workspace owner to re-invite this machine, then halton-meter cloud "
-    "resume (do not cloud connect: it revokes the still-valid key)",
+    "paused_forbidden": "halton-meter cloud resume   # after the workspace owner re-invites this "
+    "machine; do not cloud connect: it revokes the still-valid key",
     "paused_manual": "halton-meter cloud resume",
 }
 
@@ -334,7 +354,7 @@ SERVICE_CHECKS: tuple[Callable[[ServiceFacts], list[Reason]], ...] = (
 # -- client checks -----------------------------------------------------------------------------
 
 
-def _loopback_port(url: str) -> int | None:
+def loopback_port(url: str) -> int | None:
     """The port of a proxy URL on this machine; None for a remote proxy or garbage."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     try:
@@ -350,7 +370,7 @@ def check_client_proxy_port(client: ClientFacts) -> list[Reason]:
     """This shell's proxy variables name a loopback port the edge is not on (one reason)."""
     for name in (v for var in PROXY_VARS for v in (var, var.lower())):
         value = client.env.get(name)
-        port = _loopback_port(value) if value else None
+        port = loopback_port(value) if value else None
         if port is None or port == client.edge_port:
             continue
         return [
@@ -393,7 +413,7 @@ def check_stale_ca(client: ClientFacts) -> list[Reason]:
             + ", ".join(stale)
             + ".",
             INCONSISTENT,
-            f"{_UNSET_ALL}; then halton-meter run <cmd>, or halton-meter init to rewrite the rc block",
+            f"{UNSET_ALL}   # then: halton-meter run <cmd>, or halton-meter init to rewrite the rc block",
         )
     ]
 
@@ -413,6 +433,6 @@ def run_client_checks(client: ClientFacts) -> list[Reason]:
     return [reason for check in CLIENT_CHECKS for reason in check(client)]
 
 
-def check_name(check: Callable[..., list[Reason]]) -> str:
+def check_name(check: Callable[..., object]) -> str:
     """A check's stable name (a `doctor` row id): its function name without ``check_``."""
     return check.__name__.removeprefix("check_")
