@@ -284,3 +284,39 @@ def test_port_override_and_two_homes_side_by_side(
         assert a.ca_cert.read_bytes() != b.ca_cert.read_bytes()  # each home its own CA
     finally:
         assert a.stop() == 0 and b.stop() == 0
+
+
+# -- cloud sync ------------------------------------------------------------------------------
+
+
+def test_daemon_runs_the_cloud_sync_loop(tmp_path: Path, provider_sim: ProviderSim) -> None:
+    from cloud_sim import CloudSim
+
+    cloud = CloudSim(tmp_path / "cloud-certs").start()
+    handle: DaemonHandle | None = None
+    try:
+        cloud.add_key("hm-cloud-key")
+        roots = tmp_path / "roots.pem"  # trust both simulators upstream
+        roots.write_text(provider_sim.ca_path.read_text() + cloud.ca_path.read_text())
+        config = sim_config(provider_sim).replace(str(provider_sim.ca_path), str(roots))
+        config += f'[cloud]\nbase_url = "{cloud.base_url}"\n'
+        home = tmp_path / "hm"
+        home.mkdir(mode=0o700)
+        token = home / "cloud-token"
+        token.touch(mode=0o600)
+        token.write_text("hm-cloud-key\n")
+        handle = start_daemon(home, provider_sim, config_text=config)
+        with handle.client() as http:
+            assert http.post(ANTHROPIC, json=body(), headers=HEADERS).status_code == 200
+        [row] = handle.wait_rows(1)
+        deadline = time.monotonic() + 30
+        while row["id"] not in cloud.accepted:
+            assert time.monotonic() < deadline, (cloud.requests, handle.stdout()[-2000:])
+            time.sleep(0.1)
+        assert cloud.rows[row["id"]]["model"] == "claude-sonnet-4-5"
+        assert '"cloud.sync_started"' in handle.stdout()
+    finally:
+        if handle is not None:
+            assert handle.stop() == 0
+            assert '"cloud.sync_stopped"' in handle.stdout()
+        cloud.stop()

@@ -120,7 +120,9 @@ def _build_master(
     )
     max_bytes = config.capture.body_max_bytes
     store = BodyStore(home.bodies, max_bytes) if config.capture.store_bodies else None
-    lifecycle = Lifecycle(home, config.listen_host, port, stats, writer, capture)
+    lifecycle = Lifecycle(
+        home, config.listen_host, port, stats, writer, capture, cloud_sync=_cloud_sync(home, config)
+    )
     master.addons.add(
         attribution,
         InterceptPolicy(config.capture.hosts, stats),
@@ -131,6 +133,17 @@ def _build_master(
         lifecycle,
     )
     return master, lifecycle
+
+
+def _cloud_sync(home: Home, config: Config) -> Any | None:
+    """The cloud sync loop (idle while disconnected); a failure here never stops metering."""
+    try:
+        from halton_meter.cloud.sync import CloudSync
+
+        return CloudSync(home, config)
+    except Exception as exc:
+        log.error("daemon.cloud_sync_unavailable", error=repr(exc))
+        return None
 
 
 def _pricer() -> Any:

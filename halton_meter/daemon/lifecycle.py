@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,14 @@ STATS_INTERVAL_S = 2.0
 
 class Lifecycle:
     def __init__(
-        self, home: Home, host: str, port: int, stats: Stats, writer: Any, capture: Capture
+        self,
+        home: Home,
+        host: str,
+        port: int,
+        stats: Stats,
+        writer: Any,
+        capture: Capture,
+        cloud_sync: Any | None = None,
     ) -> None:
         self.home = home
         self.host = host
@@ -30,8 +38,11 @@ class Lifecycle:
         self.stats = stats
         self.writer = writer
         self.capture = capture
+        self.cloud_sync = cloud_sync  # has run_forever(stop_event): runs in a thread
         self.bind_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._cloud_stop = threading.Event()
+        self._cloud_thread: threading.Thread | None = None
 
     @property
     def health_path(self) -> Any:
@@ -62,7 +73,20 @@ class Lifecycle:
         atomic_write(self.health_path, json.dumps(info, sort_keys=True) + "\n", mode=0o600)
         self._publish()
         self._task = asyncio.get_running_loop().create_task(self._stats_loop())
+        self._start_cloud_sync()
         log.info("daemon.listening", host=self.host, port=port, pid=os.getpid())
+
+    def _start_cloud_sync(self) -> None:
+        if self.cloud_sync is None:
+            return
+        # Its own thread: the sync's HTTP and SQLite reads never touch the proxy's loop.
+        self._cloud_thread = threading.Thread(
+            target=self.cloud_sync.run_forever,
+            args=(self._cloud_stop,),
+            name="halton-cloud-sync",
+            daemon=True,
+        )
+        self._cloud_thread.start()
 
     async def _stats_loop(self) -> None:
         while True:
@@ -79,6 +103,9 @@ class Lifecycle:
     def done(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._cloud_stop.set()
+        if self._cloud_thread is not None:
+            self._cloud_thread.join(timeout=5)
         self.capture.done()
         flushed = self.writer.flush(timeout=10.0)
         self.writer.close()
