@@ -181,3 +181,189 @@ def node_modules() -> Path:
 
 def codex_bin() -> Path:
     return node_modules() / ".bin" / "codex"
+
+
+HEAVY_DIR = CACHE / "node-heavy"
+# The coding agents: big downloads (native binaries), cached like the SDKs.
+HEAVY_PACKAGES = ("@anthropic-ai/claude-code@2.1.197", "@google/gemini-cli@0.61.0")
+PY_DIR = CACHE / "pyvenv"
+PY_PACKAGES = ("llm==0.36",)
+
+
+def _npm_install(where: Path, packages: Sequence[str], name: str) -> Path:
+    marker = where / ".installed"
+    want = "\n".join(packages)
+    with _install_lock(name):
+        if not (marker.exists() and marker.read_text() == want):
+            where.mkdir(parents=True, exist_ok=True)
+            (where / "package.json").write_text(f'{{"name": "hm-{name}", "private": true}}\n')
+            env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+            proc = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", *packages],
+                cwd=where,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT_S,
+            )
+            if proc.returncode != 0:
+                raise AssertionError(f"npm install failed:\n{proc.stdout}\n{proc.stderr}")
+            marker.write_text(want)
+    return where / "node_modules"
+
+
+def heavy_node_modules() -> Path:
+    return _npm_install(HEAVY_DIR, HEAVY_PACKAGES, "node-heavy")
+
+
+def py_clients_venv() -> Path:
+    """A separate virtualenv with the Python CLIs (llm), created on first use."""
+    marker = PY_DIR / ".installed"
+    want = "\n".join(PY_PACKAGES)
+    with _install_lock("pyvenv"):
+        if not (marker.exists() and marker.read_text() == want):
+            import sys
+
+            subprocess.run([sys.executable, "-m", "venv", str(PY_DIR)], check=True, timeout=120)
+            env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+            proc = subprocess.run(
+                [str(PY_DIR / "bin" / "pip"), "install", "-q", *PY_PACKAGES],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT_S,
+            )
+            if proc.returncode != 0:
+                raise AssertionError(f"pip install failed:\n{proc.stdout}\n{proc.stderr}")
+            marker.write_text(want)
+    return PY_DIR
+
+
+# -- the real supervised stack in a temporary home --------------------------------------------
+
+STACK_HOSTS = ("api.anthropic.com", "api.openai.com", "generativelanguage.googleapis.com")
+
+
+@dataclass
+class MeterStack:
+    """``halton-meter start`` in a temporary home, provider hosts resolved to a ProviderSim."""
+
+    root: Path
+    home: Path  # HALTON_METER_HOME
+    user_home: Path  # HOME for clients (their config dirs land here, never in the real one)
+    sim: Any
+    edge_port: int
+
+    def env(self, **extra: str) -> dict[str, str]:
+        from hmtest import clean_env
+
+        env = clean_env(self.home, HOME=str(self.user_home))
+        for var in ("NODE_OPTIONS", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO", "AWS_CA_BUNDLE"):
+            env.pop(var, None)
+        env.update(extra)
+        return env
+
+    def meter(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        import sys
+
+        return subprocess.run(
+            [sys.executable, "-m", "halton_meter", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        timeout: float = 180,
+        **extra: str,
+    ) -> subprocess.CompletedProcess[str]:
+        """``halton-meter run -- argv`` from a shell, as a user types it (the shell is the
+        client's parent, which ends the edge's ancestry walk exactly as in a terminal)."""
+        import shlex
+        import sys
+
+        cmd = " ".join(
+            shlex.quote(a) for a in [sys.executable, "-m", "halton_meter", "run", "--", *argv]
+        )
+        return subprocess.run(
+            ["bash", "-c", f"{cmd}; exit $?"],
+            env=self.env(**extra),
+            cwd=cwd or self.user_home,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def rows(self) -> list[dict[str, Any]]:
+        import sqlite3
+
+        db = self.home / "db.sqlite"
+        if not db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            conn.row_factory = sqlite3.Row
+            try:
+                return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY seq")]
+            except sqlite3.OperationalError:
+                return []
+        finally:
+            conn.close()
+
+    def mark(self) -> int:
+        rows = self.rows()
+        return int(rows[-1]["seq"]) if rows else 0
+
+    def rows_since(self, mark: int, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Wait for ``n`` rows after ``mark``; then a short settle proves no extra row came."""
+        deadline = time.monotonic() + timeout
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = [r for r in self.rows() if int(r["seq"]) > mark]
+            if len(rows) >= n:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        return [r for r in self.rows() if int(r["seq"]) > mark]
+
+
+def stack_config(sim: Any, ports: tuple[int, int, int]) -> str:
+    resolve = ", ".join(f'"{h}:443" = "127.0.0.1:{sim.port}"' for h in STACK_HOSTS)
+    edge, daemon, api = ports
+    return (
+        'listen_host = "127.0.0.1"\n'
+        "[ports]\n"
+        f"edge = {edge}\ndaemon = {daemon}\napi = {api}\n"
+        "[upstream]\n"
+        f"resolve = {{ {resolve} }}\n"
+        f'ca_bundle = "{sim.ca_path}"\n'
+    )
+
+
+@contextmanager
+def meter_stack(root: Path) -> Iterator[MeterStack]:
+    from hmtest import free_port
+
+    from halton_meter.sim import ProviderSim
+
+    home = root / "meter"
+    home.mkdir(mode=0o700, parents=True)
+    user_home = root / "user"
+    user_home.mkdir()
+    sim = ProviderSim(root / "sim").start(http_port=0)
+    ports = (free_port(), free_port(), free_port())
+    (home / "config.toml").write_text(stack_config(sim, ports))
+    stack = MeterStack(root=root, home=home, user_home=user_home, sim=sim, edge_port=ports[0])
+    try:
+        out = stack.meter("start")
+        assert out.returncode == 0, out.stdout + out.stderr
+        yield stack
+    finally:
+        stack.meter("stop")
+        sim.stop()

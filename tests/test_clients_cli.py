@@ -1,0 +1,346 @@
+"""Real AI clients under `halton-meter run`, at their default hosts, through the real
+supervised stack (supervisord, edge, daemon, api) in a temporary home; provider hosts are
+resolved to the ProviderSim. Each test asserts the exact rows and the tool name.
+
+Clients are installed once into .cache/clients/ (npm, pip) on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_clients import (
+    MeterStack,
+    codex_bin,
+    heavy_node_modules,
+    meter_stack,
+    node_modules,
+    py_clients_venv,
+)
+
+SECRETS = ("sk-ant-api03-cli", "sk-cli-openai", "AIza-cli-gemini", "sk-codex-cli")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeterStack]:
+    with meter_stack(tmp_path_factory.mktemp("clients")) as s:
+        yield s
+
+
+def _no_secrets(rows: list[dict[str, Any]]) -> None:
+    text = json.dumps(rows, default=str)
+    assert not any(secret in text for secret in SECRETS)
+
+
+def _model_records(stack: MeterStack, before: int, host: str) -> list[Any]:
+    return [
+        r
+        for r in stack.sim.requests[before:]
+        if r.host == host
+        and r.api
+        and r.api.split(".")[-1] not in ("other", "models")
+        and r.api != "site"
+    ]
+
+
+def test_codex_cli_over_websocket(stack: MeterStack) -> None:
+    codex = codex_bin()
+    mark, before = stack.mark(), len(stack.sim.requests)
+    codex_home = stack.user_home / ".codex"
+    codex_home.mkdir(exist_ok=True)
+    out = stack.run(
+        [str(codex), "exec", "--skip-git-repo-check", "-m", "gpt-5-codex", "say hi"],
+        CODEX_HOME=str(codex_home),
+        CODEX_API_KEY="sk-codex-cli",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Hello" in out.stdout
+    (ws,) = [r for r in stack.sim.requests[before:] if r.api == "openai.responses.ws"]
+    calls = ws.ws_calls
+    assert calls and all(c["completed"] for c in calls)
+    rows = stack.rows_since(mark, len(calls))
+    assert len(rows) == len(calls)  # one row per response, nothing for the rest
+    for row, call in zip(rows, calls, strict=True):
+        assert (row["tool"], row["provider"], row["api"], row["method"]) == (
+            "codex",
+            "openai",
+            "responses",
+            "GET",
+        )
+        assert row["model"] == call["model"] == "gpt-5-codex"
+        assert row["input_tokens"] == call["usage"]["input_tokens"]
+        assert row["output_tokens"] == call["usage"]["output_tokens"]
+        assert row["partial"] == 0 and row["priced"] == 1
+    _no_secrets(rows)
+
+
+NODE_SDK_SCRIPT = """
+import Anthropic from '@anthropic-ai/sdk';
+import OpenAI from 'openai';
+const a = new Anthropic({ apiKey: 'sk-ant-api03-cli', maxRetries: 0 });
+const m = await a.messages.create({ model: 'claude-sonnet-4-5', max_tokens: 20,
+  messages: [{ role: 'user', content: 'hello from node' }] });
+const o = new OpenAI({ apiKey: 'sk-cli-openai', maxRetries: 0 });
+const st = await o.chat.completions.create({ model: 'gpt-4o-mini', stream: true,
+  stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'hi' }] });
+let u = null;
+for await (const c of st) { if (c.usage) u = c.usage; }
+console.log(JSON.stringify({ a: m.usage, o: u }));
+"""
+
+
+def test_node_sdks_unchanged_script(stack: MeterStack) -> None:
+    modules = node_modules()
+    script = modules.parent / f"cli-sdk-{os.getpid()}.mjs"
+    script.write_text(NODE_SDK_SCRIPT)
+    mark = stack.mark()
+    try:
+        out = stack.run(["node", str(script)], cwd=modules.parent)
+    finally:
+        script.unlink()
+    assert out.returncode == 0, out.stderr
+    usage = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = stack.rows_since(mark, 2)
+    assert [(r["tool"], r["provider"], r["model"]) for r in rows] == [
+        ("node", "anthropic", "claude-sonnet-4-5"),
+        ("node", "openai", "gpt-4o-mini"),
+    ]
+    assert rows[0]["input_tokens"] == usage["a"]["input_tokens"]
+    assert rows[0]["output_tokens"] == usage["a"]["output_tokens"]
+    assert rows[1]["input_tokens"] == usage["o"]["prompt_tokens"]
+    assert rows[1]["output_tokens"] == usage["o"]["completion_tokens"]
+    _no_secrets(rows)
+
+
+PY_SDK_SCRIPT = """
+import anthropic, json
+c = anthropic.Anthropic(api_key="sk-ant-api03-cli", max_retries=0)
+m = c.messages.create(model="claude-haiku-4-5", max_tokens=20,
+    messages=[{"role": "user", "content": "hello from python"}])
+print(json.dumps(m.usage.model_dump()))
+"""
+
+
+def test_python_sdk(stack: MeterStack) -> None:
+    mark = stack.mark()
+    out = stack.run([sys.executable, "-c", PY_SDK_SCRIPT])
+    assert out.returncode == 0, out.stderr
+    usage = json.loads(out.stdout)
+    (row,) = stack.rows_since(mark, 1)
+    assert (row["tool"], row["model"]) == ("python", "claude-haiku-4-5")
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        usage["input_tokens"],
+        usage["output_tokens"],
+    )
+
+
+def test_curl(stack: MeterStack) -> None:
+    mark = stack.mark()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+    out = stack.run(
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "https://api.openai.com/v1/chat/completions",
+            "-H",
+            "authorization: Bearer sk-cli-openai",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ]  # fmt: skip
+    )
+    assert out.returncode == 0, out.stderr
+    usage = json.loads(out.stdout)["usage"]
+    (row,) = stack.rows_since(mark, 1)
+    assert (row["tool"], row["api"], row["model"]) == ("curl", "chat", "gpt-4o-mini")
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
+    _no_secrets([row])
+
+
+def test_llm_cli(stack: MeterStack) -> None:
+    venv = py_clients_venv()
+    mark = stack.mark()
+    out = stack.run(
+        [str(venv / "bin" / "llm"), "-m", "gpt-4o-mini", "--no-log", "say hi"],
+        OPENAI_API_KEY="sk-cli-openai",
+        LLM_USER_PATH=str(stack.user_home / "llm"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Hello" in out.stdout
+    (row,) = stack.rows_since(mark, 1)
+    rec = stack.sim.requests[-1]
+    assert (row["tool"], row["api"], row["model"]) == ("llm", "chat", "gpt-4o-mini")
+    assert row["output_tokens"] == rec.usage["completion_tokens"]
+    assert row["input_tokens"] == rec.usage["prompt_tokens"]
+
+
+# aider pulls in litellm and dozens of heavy pins (its install took over 2 minutes here), so
+# its HTTP stack is simulated: an executable named `aider` calling the OpenAI Python SDK
+# (httpx, trust_env on, as litellm does for OpenAI models).
+FAKE_AIDER = """#!{python}
+import openai, sys
+c = openai.OpenAI(api_key="sk-cli-openai", max_retries=0)
+s = c.chat.completions.create(model="gpt-4o", stream=True,
+    stream_options={{"include_usage": True}}, messages=[{{"role": "user", "content": "edit"}}])
+u = [ch.usage for ch in s if ch.usage][-1]
+print(u.prompt_tokens, u.completion_tokens)
+"""
+
+
+def test_aider_http_stack_simulated(stack: MeterStack, tmp_path: Path) -> None:
+    aider = tmp_path / "aider"
+    aider.write_text(FAKE_AIDER.format(python=sys.executable))
+    aider.chmod(0o755)
+    mark = stack.mark()
+    out = stack.run([str(aider)])
+    assert out.returncode == 0, out.stderr
+    prompt, completion = map(int, out.stdout.split())
+    (row,) = stack.rows_since(mark, 1)
+    assert (row["tool"], row["model"], row["stream"]) == ("aider", "gpt-4o", 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (prompt, completion)
+
+
+def test_claude_code_only_model_calls_are_rows(stack: MeterStack) -> None:
+    claude = heavy_node_modules() / ".bin" / "claude"
+    mark, before = stack.mark(), len(stack.sim.requests)
+    out = stack.run(
+        [str(claude), "-p", "say hi", "--model", "claude-sonnet-4-5"],
+        ANTHROPIC_API_KEY="sk-ant-api03-cli",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = stack.sim.requests[before:]
+    model_calls = [r for r in seen if r.api == "anthropic.messages"]
+    others = [r for r in seen if r.api != "anthropic.messages"]
+    assert len(model_calls) >= 1 and len(others) >= 3  # settings, telemetry, mcp-registry...
+    assert any(r.path.startswith("/api/") for r in others)
+    rows = stack.rows_since(mark, len(model_calls))
+    assert len(rows) == len(model_calls)
+    for row, rec in zip(rows, model_calls, strict=True):
+        assert (row["tool"], row["api"], row["path"]) == (
+            "claude-code",
+            "messages",
+            "/v1/messages?beta=true",
+        )
+        assert row["model"] == rec.model and row["stream"] == 1
+        assert row["output_tokens"] == rec.usage["message_delta"]["output_tokens"]
+        assert row["api_equivalent"] == 0  # an API key: real spend
+    _no_secrets(rows)
+
+
+def test_gemini_cli(stack: MeterStack) -> None:
+    gemini = heavy_node_modules() / ".bin" / "gemini"
+    mark, before = stack.mark(), len(stack.sim.requests)
+    out = stack.run(
+        [str(gemini), "-m", "gemini-2.5-flash", "-p", "say hi"],
+        GEMINI_API_KEY="AIza-cli-gemini",
+        GEMINI_CLI_TRUST_WORKSPACE="true",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    calls = [
+        r for r in stack.sim.requests[before:] if r.api in ("gemini.generate", "gemini.stream")
+    ]
+    assert calls
+    rows = stack.rows_since(mark, len(calls))
+    assert len(rows) == len(calls)
+    for row, rec in zip(rows, calls, strict=True):
+        assert row["tool"] == "gemini-cli" and row["model"] == rec.model
+        assert row["output_tokens"] == rec.usage["candidatesTokenCount"]
+        assert row["input_tokens"] == rec.usage["promptTokenCount"]
+        assert rec.headers.get("x-goog-api-key") == "AIza-cli-gemini"  # reached upstream
+    _no_secrets(rows)
+
+
+def test_report_json_shows_the_tool_and_exact_cost(stack: MeterStack) -> None:
+    test_curl(stack)
+    out = stack.meter("report", "--json")
+    assert out.returncode == 0, out.stderr
+    newest = json.loads(out.stdout)["rows"][0]
+    assert (newest["tool"], newest["model"], newest["priced"]) == ("curl", "gpt-4o-mini", True)
+    assert isinstance(newest["cost_usd"], str) and float(newest["cost_usd"]) > 0
+
+
+LOGIN_SCRIPT = textwrap.dedent(
+    """
+    set -e
+    curl -sS --fail https://api.openai.com/v1/chat/completions \\
+      -H 'authorization: Bearer sk-cli-openai' -H 'content-type: application/json' \\
+      -d '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "rc"}]}' >/dev/null
+    @PYTHON@ -c 'import anthropic; anthropic.Anthropic(api_key="sk-ant-api03-cli", max_retries=0).messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "rc"}])'
+    cd @NODE_DIR@ && node -e "import('openai').then(async ({default: O}) => { await new O({apiKey: 'sk-cli-openai', maxRetries: 0}).responses.create({model: 'gpt-4.1-mini', input: 'rc'}); })"
+    """
+)
+
+
+@pytest.mark.parametrize("flag", ["-l", "-i"])
+def test_apps_rc_block_in_a_new_shell(
+    stack: MeterStack, tmp_path: Path, flag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`init --apps` writes the block; a new login/interactive shell meters curl, the Python
+    SDK and a Node SDK with no `run` at all."""
+    from halton_meter.core.config import load_config
+    from halton_meter.core.paths import Home
+    from halton_meter.core.runtime import load_effective_ports
+    from halton_meter.install import rcblock
+    from halton_meter.install.ca import build_combined_bundle
+    from halton_meter.install.env import client_env
+
+    user = tmp_path / "home"
+    user.mkdir()
+    monkeypatch.setenv("HALTON_METER_HOME", str(stack.home))  # the CA lives in this home
+    home = Home.resolve()
+    build_combined_bundle(home)  # as init does
+    env_vars = client_env(home, load_config(home), load_effective_ports(home))
+    (user / ".bashrc").write_text(
+        "# the user's own line\n" + rcblock.render_block("bash", env_vars)
+    )
+    (user / ".bash_profile").write_text(". ~/.bashrc\n")
+    node_dir = node_modules().parent
+    script = LOGIN_SCRIPT.replace("@PYTHON@", sys.executable).replace("@NODE_DIR@", str(node_dir))
+    env = stack.env(HOME=str(user))
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_OPTIONS"):
+        env.pop(var, None)
+    mark = stack.mark()
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", flag, "-c", script],
+        env=env,
+        cwd=user,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = stack.rows_since(mark, 3)
+    assert [(r["tool"], r["model"]) for r in rows] == [
+        ("curl", "gpt-4o-mini"),
+        ("python", "claude-haiku-4-5"),
+        ("node", "gpt-4.1-mini"),
+    ]
+    assert all(r["output_tokens"] and r["input_tokens"] for r in rows)
+
+
+def test_node_options_preserved_under_run(stack: MeterStack) -> None:
+    out = stack.run(
+        ["node", "-e", "console.log(process.env.NODE_OPTIONS)"],
+        NODE_OPTIONS="--max-old-space-size=2048",
+    )
+    assert out.returncode == 0, out.stderr
+    opts = out.stdout.strip()
+    assert opts.startswith("--max-old-space-size=2048 --require ")
+    assert opts.endswith(str(stack.home / "node-preload.cjs"))
+    assert shutil.which("node")
