@@ -67,6 +67,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _serve(settings: EdgeSettings) -> int:
+    # Handlers first: a stop that arrives while we bind is still a clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     server = EdgeServer(settings)
     try:
         await server.start()
@@ -75,10 +80,6 @@ async def _serve(settings: EdgeSettings) -> int:
             "edge.bind_failed", host=settings.listen_host, port=settings.port, error=str(exc)
         )
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     serving = asyncio.ensure_future(server.serve_forever())
     await stop.wait()
     get_logger().info("edge.stopping")
