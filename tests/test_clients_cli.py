@@ -344,3 +344,33 @@ def test_node_options_preserved_under_run(stack: MeterStack) -> None:
     assert opts.startswith("--max-old-space-size=2048 --require ")
     assert opts.endswith(str(stack.home / "node-preload.cjs"))
     assert shutil.which("node")
+
+
+def test_no_credential_is_written_anywhere_in_the_home(stack: MeterStack) -> None:
+    # A Gemini key in x-goog-api-key and one in ?key=, an Anthropic key: after the calls,
+    # no file of the home (db, WAL, logs, bodies) holds any of them.
+    mark = stack.mark()
+    body = json.dumps({"contents": [{"parts": [{"text": "k"}]}]})
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash"
+    for extra in (
+        ["-H", "x-goog-api-key: AIza-cli-gemini", f"{url}:generateContent"],
+        [f"{url}:generateContent?key=AIza-cli-gemini"],
+    ):
+        out = stack.run(["curl", "-sS", "--fail", "-H", "content-type: application/json",
+                         "-d", body, *extra])  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    rows = stack.rows_since(mark, 2)
+    assert [(r["tool"], r["api"], r["model"]) for r in rows] == [
+        ("curl", "generate_content", "gemini-2.5-flash")
+    ] * 2
+    assert stack.sim.requests[-1].query.get("key") == "AIza-cli-gemini"  # reached upstream
+    stack.meter("stop")  # flush and close every file before reading them
+    try:
+        for path in stack.home.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                for secret in SECRETS:
+                    assert secret.encode() not in data, f"{secret} found in {path}"
+    finally:
+        out = stack.meter("start")
+        assert out.returncode == 0, out.stdout + out.stderr
