@@ -250,3 +250,17 @@ def test_a_truncated_db_is_reported_not_a_traceback(hm_home: Path) -> None:
     assert "malformed" in result.stderr and str(path) in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert path.read_bytes() == before
+
+
+def test_until_bounds_the_range(hm_home: Path) -> None:
+    _seed(hm_home)
+    ids = lambda *args: [r["id"] for r in _json(hm_home, *args)["rows"]]  # noqa: E731
+    assert ids("--until", "2026-12-01T14:00:00") == ["r1"]  # exclusive: r2 is at 14:00
+    assert ids("--until", "2026-12-01T14:30") == ["r2", "r1"]
+    assert ids("--since", "2026-12-01T13:00", "--until", "2026-12-02") == ["r2"]
+    data = _json(hm_home, "--until", "2026-12-01T13:00", "--by", "day")
+    assert [(g["day"], g["requests"], g["cost_usd"]) for g in data["groups"]] == [
+        ("2026-12-01", 1, "0.1")
+    ]
+    bad = run_cli(hm_home, "report", "--until", "soon")
+    assert bad.returncode == 2 and "'soon' is not a time" in " ".join(bad.stderr.split())

@@ -13,6 +13,7 @@ from halton_meter import pricing
 from halton_meter.cli.reprice import usage_from_record
 from halton_meter.core.paths import Home
 from halton_meter.store import db, queries
+from halton_meter.store.codec import format_total
 
 
 def _rows(home: Path) -> dict[str, dict]:
@@ -112,3 +113,20 @@ def test_reprice_without_a_store_or_with_a_corrupt_one(hm_home: Path) -> None:
     assert result.returncode == 3
     assert str(path) in result.stderr and "Traceback" not in result.stderr
     assert path.read_bytes() == b"nope" * 1000
+
+
+def test_many_changes_are_summarised_per_model(hm_home: Path) -> None:
+    write_rows(
+        Home.resolve(hm_home).db,
+        [make_row(id=f"m{i:03d}", model="gpt-4o", cost_usd=None) for i in range(60)]
+        + [make_row(id=f"x{i:03d}", model="no-such-model-xyz", cost_usd=None) for i in range(60)],
+    )
+    each = pricing.price(usage_from_record(_rows(hm_home)["m000"]), BASE_TS).cost_usd
+    assert each is not None
+    dry = run_cli(hm_home, "reprice", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"gpt-4o: 60 rows, ${format_total(each * 60)}" in dry.stdout
+    assert "m000" not in dry.stdout  # summarised, not 60 row lines
+    assert "Would price 60 of 120 unpriced rows" in dry.stdout
+    verbose = run_cli(hm_home, "reprice", "--dry-run", "--verbose")
+    assert verbose.stdout.count("gpt-4o: unpriced -> $") == 60

@@ -259,3 +259,21 @@ def test_default_report_is_fast_on_a_large_store(hm_home: Path) -> None:
     assert total["requests"] == n and total["cost_usd"] == "100" and total["input_tokens"] == 10 * n
     print(f"default report over {n} rows: {elapsed * 1000:.0f} ms")
     assert elapsed < 2.0  # ~1 ms in practice; generous for a loaded machine
+
+
+def test_iter_unpriced_pages_through_ties_and_concurrent_pricing(hm_home: Path) -> None:
+    path = Home.resolve().db
+    rows = [
+        make_row(id=f"u{i:02d}", ts=BASE_TS + timedelta(seconds=i // 4), cost_usd=None)
+        for i in range(11)
+    ] + [make_row(id="priced")]
+    write_rows(path, rows)
+    with contextlib.closing(db.connect(path)) as conn:
+        seen = []
+        for rec in queries.iter_unpriced(conn, batch=3):
+            seen.append(rec["id"])
+            # pricing rows as we go must not make a later page skip anything
+            queries.set_price(conn, rec["id"], Decimal("0.01"), None)
+        assert seen == [f"u{i:02d}" for i in range(11)]
+        assert list(queries.iter_unpriced(conn)) == []
+        assert queries.totals(conn)["cost_usd"] == "0.21"

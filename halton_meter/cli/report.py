@@ -21,15 +21,15 @@ from halton_meter.store import db, queries
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_SINCE_FIX = (
+_TIME_FIX = (
     "use an ISO date (2026-12-01), an ISO datetime (2026-12-01T09:30; UTC unless it has an "
     "offset) or an age like 30m, 24h, 7d, 2w"
 )
 _NO_CAPTURES = "No captures yet"
 
 
-def parse_since(value: str, *, now: datetime | None = None) -> datetime:
-    """An absolute or relative start time; ValueError with the fix when it is neither."""
+def parse_time(value: str, *, now: datetime | None = None) -> datetime:
+    """An absolute time or an age (24h = 24 hours ago); ValueError with the fix otherwise."""
     now = now or datetime.now(UTC)
     match = _RELATIVE.match(value)
     if match:
@@ -38,17 +38,17 @@ def parse_since(value: str, *, now: datetime | None = None) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ValueError(f"--since {value!r} is not a time: {_SINCE_FIX}") from None
+        raise ValueError(f"{value!r} is not a time: {_TIME_FIX}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _since_option(value: str | None) -> str | None:
+def _time_option(value: str | None) -> str | None:
     # Validation only (typer then names the option in its usage error, exit 2).
     if value is not None:
         try:
-            parse_since(value)
+            parse_time(value)
         except ValueError:
-            raise typer.BadParameter(f"{value!r} is not a time: {_SINCE_FIX}") from None
+            raise typer.BadParameter(f"{value!r} is not a time: {_TIME_FIX}") from None
     return value
 
 
@@ -66,8 +66,14 @@ def report(
     since: str | None = typer.Option(
         None,
         "--since",
-        callback=_since_option,
+        callback=_time_option,
         help="Start time: 2026-12-01, 2026-12-01T09:30 (UTC), or 30m/24h/7d/2w.",
+    ),
+    until: str | None = typer.Option(
+        None,
+        "--until",
+        callback=_time_option,
+        help="End time (exclusive), same forms as --since.",
     ),
     project: str | None = typer.Option(None, "--project", help="Only this project."),
     model: str | None = typer.Option(None, "--model", help="Only this model."),
@@ -81,9 +87,11 @@ def report(
     ),
 ) -> None:
     """Show captured requests, newest first (or sums with --by)."""
-    since_dt = parse_since(since) if since is not None else None
+    since_dt = parse_time(since) if since is not None else None
+    until_dt = parse_time(until) if until is not None else None
     filters: dict[str, Any] = {
         "since": since_dt,
+        "until": until_dt,
         "project": project,
         "model": model,
         "provider": provider,

@@ -20,9 +20,10 @@ import typer
 from halton_meter.core.paths import Home
 from halton_meter.providers.base import Usage
 from halton_meter.store import db, queries
-from halton_meter.store.codec import format_money, parse_ts
+from halton_meter.store.codec import format_money, format_total, parse_ts
 
 _BATCH = 500
+_ROW_LINES = 50  # more changes than this: one line per model (or --verbose)
 API_EQUIVALENT_NOTE = "api-equivalent"
 
 
@@ -80,15 +81,24 @@ def plan(conn: sqlite3.Connection) -> tuple[int, list[Change]]:
     """(unpriced rows seen, the changes pricing them would make)."""
     from halton_meter import pricing  # lazy: genai-prices' data loads only when repricing
 
-    rows = queries.unpriced_rows(conn)
+    seen = 0
     changes: list[Change] = []
-    for rec in rows:
+    # A model or provider the price data does not know stays unknown for every row that
+    # names it: ask once per (provider, model, host), not once per row.
+    unknown: set[tuple[Any, Any, Any]] = set()
+    for rec in queries.iter_unpriced(conn):
+        seen += 1
+        key = (rec.get("provider"), rec.get("model"), rec.get("host"))
+        if key in unknown:
+            continue
         result = pricing.price(usage_from_record(rec), parse_ts(rec["ts"]), host=rec.get("host"))
         if not result.priced or result.cost_usd is None:
+            if (result.note or "").startswith("unknown"):
+                unknown.add(key)
             continue
         note = API_EQUIVALENT_NOTE if rec.get("api_equivalent") else None
         changes.append(Change(rec["id"], rec["ts"], rec.get("model"), result.cost_usd, note))
-    return len(rows), changes
+    return seen, changes
 
 
 def apply(conn: sqlite3.Connection, changes: list[Change]) -> int:
@@ -102,6 +112,7 @@ def apply(conn: sqlite3.Connection, changes: list[Change]) -> int:
 
 def reprice(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; write nothing."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="One line per row."),
 ) -> None:
     """Price rows stored unpriced (a model the price data learned later). Safe to re-run."""
     path = Home.resolve().db
@@ -114,11 +125,7 @@ def reprice(
         _fail(str(exc), exc.exit_code)
     try:
         seen, changes = plan(conn)
-        for change in changes:
-            typer.echo(
-                f"{change.ts}  {change.row_id}  {change.model or '-'}: "
-                f"unpriced -> ${format_money(change.cost_usd)}"
-            )
+        _show(changes, verbose=verbose or len(changes) <= _ROW_LINES)
         if dry_run:
             typer.echo(
                 f"Would price {len(changes)} of {seen} unpriced rows (dry run: nothing written)."
@@ -132,6 +139,22 @@ def reprice(
     finally:
         with contextlib.suppress(sqlite3.Error):
             conn.close()
+
+
+def _show(changes: list[Change], *, verbose: bool) -> None:
+    if verbose:
+        for change in changes:
+            typer.echo(
+                f"{change.ts}  {change.row_id}  {change.model or '-'}: "
+                f"unpriced -> ${format_money(change.cost_usd)}"
+            )
+        return
+    by_model: dict[str, tuple[int, Decimal]] = {}
+    for change in changes:
+        count, cost = by_model.get(change.model or "-", (0, Decimal(0)))
+        by_model[change.model or "-"] = (count + 1, cost + change.cost_usd)
+    for model, (count, cost) in sorted(by_model.items()):
+        typer.echo(f"{model}: {count} rows, ${format_total(cost)}")
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -19,7 +19,7 @@ and from ``requests`` only for the part of a day a ``since``/``until`` cuts thro
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -302,6 +302,31 @@ def unpriced_rows(conn: sqlite3.Connection, *, limit: int | None = None) -> list
         sql += " LIMIT ?"
         args.append(int(limit))
     return [record(list(ROW_FIELDS), values) for values in conn.execute(sql, args)]
+
+
+def iter_unpriced(conn: sqlite3.Connection, *, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every unpriced row, oldest first, a batch at a time (memory stays flat).
+
+    Keyset pagination on (ts, id), so rows priced while iterating never shift a page."""
+    if not db.has_requests_table(conn):
+        return
+    last: tuple[str, str] | None = None
+    while True:
+        if last is None:
+            cursor = conn.execute(
+                f"{_SELECT_ROWS} WHERE priced = 0 ORDER BY ts, id LIMIT ?", (batch,)
+            )
+        else:
+            cursor = conn.execute(
+                f"{_SELECT_ROWS} WHERE priced = 0 AND (ts > ? OR (ts = ? AND id > ?)) "
+                "ORDER BY ts, id LIMIT ?",
+                (last[0], last[0], last[1], batch),
+            )
+        page = [record(list(ROW_FIELDS), values) for values in cursor]
+        yield from page
+        if len(page) < batch:
+            return
+        last = (page[-1]["ts"], page[-1]["id"])
 
 
 def set_price(
