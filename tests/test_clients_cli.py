@@ -374,3 +374,102 @@ def test_no_credential_is_written_anywhere_in_the_home(stack: MeterStack) -> Non
     finally:
         out = stack.meter("start")
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _leaf_signed_by_meter_ca(home: Path, ip: str, out: Path) -> tuple[Path, Path]:
+    """A server certificate for ``ip`` issued by the meter's CA: a stand-in for a public git
+    host whose roots are in the combined bundle (system roots + our CA)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    pem = (home / "mitmproxy" / "mitmproxy-ca.pem").read_bytes()
+    ca_key = serialization.load_pem_private_key(pem, password=None)
+    ca_cert = x509.load_pem_x509_certificate(pem)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), False
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_path, key_path = out / "leaf.pem", out / "leaf-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_git_over_https_is_tunnelled_untouched(stack: MeterStack, tmp_path: Path) -> None:
+    """git trusts only GIT_SSL_CAINFO; its host is no LLM host, so the edge tunnels it to the
+    destination byte for byte (no interception, no row) and the clone works."""
+    import functools
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    from hmtest import free_port, wait_until
+
+    ip = "127.0.0.2"  # not in NO_PROXY: git must go through the edge
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    (work / "README").write_text("metered machine, unmetered git\n")
+    git_env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    subprocess.run(["git", "-C", str(work), "add", "."], check=True, env=git_env)
+    subprocess.run(["git", "-C", str(work), "commit", "-qm", "one"], check=True, env=git_env)
+    served = tmp_path / "srv"
+    served.mkdir()
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(served / "r.git")], check=True)
+    subprocess.run(["git", "-C", str(served / "r.git"), "update-server-info"], check=True)
+
+    cert, key = _leaf_signed_by_meter_ca(stack.home, ip, tmp_path)
+    hits: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, fmt: str, *args: Any) -> None:
+            hits.append(self.path)
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(
+        (ip, port), functools.partial(Handler, directory=str(served))
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stats_path = stack.home / "edge-stats.json"
+
+    def connections() -> int:
+        return int(json.loads(stats_path.read_text())["connections_total"])
+
+    before_conns, mark = connections(), stack.mark()
+    try:
+        out = stack.run(["git", "clone", "-q", f"https://{ip}:{port}/r.git", str(tmp_path / "c")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "c" / "README").read_text() == "metered machine, unmetered git\n"
+    assert any(h.endswith("info/refs") or "info/refs" in h for h in hits)
+    wait_until(lambda: connections() > before_conns, timeout=5, what="edge counted the tunnel")
+    assert stack.rows_since(mark, 0) == []
