@@ -334,6 +334,72 @@ def test_apps_rc_block_in_a_new_shell(
     assert all(r["output_tokens"] and r["input_tokens"] for r in rows)
 
 
+def test_coding_agents_in_an_apps_login_shell(
+    stack: MeterStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Codex, Claude Code and Gemini CLI typed bare into a new login shell after `init --apps`
+    (the rc block only, no `run`)."""
+    from halton_meter.core.config import load_config
+    from halton_meter.core.paths import Home
+    from halton_meter.core.runtime import load_effective_ports
+    from halton_meter.install import rcblock
+    from halton_meter.install.ca import build_combined_bundle
+    from halton_meter.install.env import client_env
+
+    codex, heavy = codex_bin(), heavy_node_modules() / ".bin"
+    user = tmp_path / "home"
+    (user / ".codex").mkdir(parents=True)
+    monkeypatch.setenv("HALTON_METER_HOME", str(stack.home))
+    home = Home.resolve()
+    build_combined_bundle(home)
+    block = rcblock.render_block(
+        "bash", client_env(home, load_config(home), load_effective_ports(home))
+    )
+    (user / ".bashrc").write_text(block)
+    (user / ".bash_profile").write_text(". ~/.bashrc\n")
+    script = " && ".join(
+        [
+            f"{codex} exec --skip-git-repo-check -m gpt-5-codex hi >/dev/null",
+            f"{heavy / 'claude'} -p hi --model claude-haiku-4-5 >/dev/null",
+            f"{heavy / 'gemini'} -m gemini-2.5-flash -p hi >/dev/null",
+        ]
+    )
+    env = stack.env(
+        HOME=str(user),
+        CODEX_HOME=str(user / ".codex"),
+        CODEX_API_KEY="sk-codex-cli",
+        ANTHROPIC_API_KEY="sk-ant-api03-cli",
+        GEMINI_API_KEY="AIza-cli-gemini",
+        GEMINI_CLI_TRUST_WORKSPACE="true",
+    )
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_OPTIONS"):
+        env.pop(var, None)
+    mark, before = stack.mark(), len(stack.sim.requests)
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", "-l", "-c", script],
+        env=env,
+        cwd=user,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = stack.sim.requests[before:]
+    ws_calls = sum(len(r.ws_calls) for r in seen if r.api == "openai.responses.ws")
+    messages = sum(r.api == "anthropic.messages" for r in seen)
+    gemini = sum(r.api in ("gemini.generate", "gemini.stream") for r in seen)
+    assert ws_calls and messages and gemini
+    rows = stack.rows_since(mark, ws_calls + messages + gemini)
+    tools = [r["tool"] for r in rows]
+    assert sorted(tools) == sorted(
+        ["codex"] * ws_calls + ["claude-code"] * messages + ["gemini-cli"] * gemini
+    )
+    _no_secrets(rows)
+
+
 def test_node_options_preserved_under_run(stack: MeterStack) -> None:
     out = stack.run(
         ["node", "-e", "console.log(process.env.NODE_OPTIONS)"],
