@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
+from halton_watchdog.probes import probe
 from hmtest import PYTHON, REPO, free_port, port_open, wait_until
 
 from halton_meter.core.config import DEFAULT_BASE_URL
@@ -487,6 +488,10 @@ def test_real_programs_start_healthy_recover_from_kill_9_and_stop_clean(real_met
         env = environ(info.pid)
         assert env["HALTON_METER_HOME"] == str(meter.home.root)
         assert not {k for k in env if k.upper() in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY")}
+    # the watchdog's liveness probes pass against the real programs (no restart of a healthy one)
+    for program in ("daemon", "edge", "api"):
+        result = probe(program, getattr(ports, program))
+        assert result.ok, (program, result.detail)
     victim = meter.pid("daemon")
     os.kill(victim, signal.SIGKILL)
     wait_until(
@@ -499,3 +504,77 @@ def test_real_programs_start_healthy_recover_from_kill_9_and_stop_clean(real_met
     assert control.stop(meter.home).ok
     assert not any(alive(p) for p in pids)
     assert not port_open(ports.edge) and not port_open(ports.daemon) and not port_open(ports.api)
+
+
+# --- through a service manager ----------------------------------------------------------------
+
+_FAKE_SYSTEMCTL = """#!/bin/sh
+# Stand-in for `systemctl --user`: records its argv; `start` runs the unit's ExecStart detached
+# (as systemd would), `stop` sends TERM to the main pid and waits.
+echo "systemctl $*" >> "{record}"
+unit="{unit}"
+case "$2" in
+  start)
+    cmd=$(sed -n 's/^ExecStart=//p' "$unit")
+    setsid sh -c "exec $cmd" >> "{log}" 2>&1 < /dev/null &
+    echo $! > "{pidfile}"
+    ;;
+  stop)
+    pid=$(cat "{pidfile}" 2>/dev/null) || exit 0
+    kill -TERM "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    ;;
+esac
+exit 0
+"""
+
+
+def test_start_and_stop_go_through_the_service_manager_when_installed(
+    meter: Meter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from halton_meter.service import systemd
+
+    pin_free_ports(meter.home)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "systemctl.calls"
+    fake = bindir / "systemctl"
+    fake.write_text(
+        _FAKE_SYSTEMCTL.format(
+            record=record,
+            unit=systemd.unit_path(),
+            log=meter.home.root / "supervisord.log",
+            pidfile=tmp_path / "main.pid",
+        )
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    systemd.install_unit(meter.home)
+    assert control.service_manager(meter.home) is systemd
+    meter.start()
+    assert "systemctl --user start halton-meter.service" in record.read_text().splitlines()
+    main_pid = int((tmp_path / "main.pid").read_text())
+    assert supervisord_pid(meter.home) == main_pid  # the unit's ExecStart became supervisord
+    # the bind-guard override given to start persists into the unit
+    monkeypatch.setenv("HALTON_METER_ALLOW_NON_LOOPBACK", "1")
+    assert control.start(meter.home).already
+    assert control.stop(meter.home).ok
+    assert "systemctl --user stop halton-meter.service" in record.read_text().splitlines()
+    assert not our_processes(meter.home)
+    meter.start()
+    assert "Environment=HALTON_METER_ALLOW_NON_LOOPBACK=1" in systemd.unit_path().read_text()
+    assert environ(meter.pid("daemon")).get("HALTON_METER_ALLOW_NON_LOOPBACK") == "1"
+
+
+def test_supervise_entry_refuses_a_second_supervisord(meter: Meter) -> None:
+    pin_free_ports(meter.home)
+    meter.start()
+    done = subprocess.run(
+        [PYTHON, "-m", "halton_meter", "supervise"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert "already running" in done.stdout
+    assert (
+        len([p for p in our_processes(meter.home) if "supervisord" in " ".join(p.cmdline())]) == 1
+    )

@@ -350,3 +350,15 @@ def test_watchdog_state_reader_tolerates_corruption(hm_home: Path) -> None:
     home.watchdog_state.write_text(json.dumps({"exits": {"edge": 2}}))
     assert read_watchdog_state(home)["exits"] == {"edge": 2}
     assert os.environ["HALTON_METER_HOME"] == str(hm_home)
+
+
+def test_old_exits_from_a_previous_session_are_counted_but_never_loop(hm_home: Path) -> None:
+    rpc, clock = FakeRPC(), Clock()
+    dog = _watchdog(hm_home, rpc, clock)
+    old = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 3600))
+    with Home.resolve().supervisord_log.open("a") as fh:
+        for i in range(6):
+            fh.write(f"{old},{i:03d} WARN exited: daemon (exit status 1; not expected)\n")
+    dog.step()
+    assert dog.state["exits"]["daemon"] == 6
+    assert rpc.calls == [] and dog.detectors["daemon"].state == ld.STABLE

@@ -159,16 +159,20 @@ class Watchdog:
     def _on_event(self, event: ExitEvent) -> None:
         if event.program not in (*WATCHED, "watchdog"):
             return
+        detector = self.detectors.get(event.program)
+        # Lines from before this watchdog (a previous supervisord's session) are counted,
+        # but only recent ones can make a loop now.
+        recent = self.clock() - event.at <= self.config.watchdog.loop_window_s
         if event.kind == EXITED:
             self.state["exits"][event.program] = self.state["exits"].get(event.program, 0) + 1
             self._history(event.program, "exit", at=event.at, detail=event.detail)
-            if event.program in self.detectors:
-                self._act(event.program, self.detectors[event.program].on_exit(event.at))
+            if detector is not None and recent:
+                self._act(event.program, detector.on_exit(event.at))
         elif event.kind == STOPPED:
             self.state["stops"][event.program] = self.state["stops"].get(event.program, 0) + 1
-        elif event.kind == GAVE_UP and event.program in self.detectors:
+        elif event.kind == GAVE_UP and detector is not None and recent:
             self._history(event.program, "fatal", at=event.at)
-            self._act(event.program, self.detectors[event.program].on_gave_up(event.at))
+            self._act(event.program, detector.on_gave_up(event.at))
         self._dirty = True
 
     # --- actions ------------------------------------------------------------------------

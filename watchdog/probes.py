@@ -1,7 +1,9 @@
 """Liveness probes: does each program still answer, not merely exist?
 
-edge and daemon: TCP accept, then one HTTP request line a proxy answers locally (no upstream
-is contacted). Any HTTP status line, or the peer closing the connection, is alive; a refused
+edge and daemon: TCP accept, then one request a proxy answers without leaving loopback. The
+edge answers ``OPTIONS *`` itself (400: origin-form to a forward proxy); the daemon (mitmproxy)
+answers ``CONNECT 127.0.0.1:9`` (200, or 502 at worst; never a DNS lookup, unlike a made-up
+host name). Any HTTP status line, or the peer closing the connection, is alive; a refused
 connect or silence until the timeout is a failure (a wedged event loop still accepts through
 the kernel backlog, and never answers). api: ``GET /health`` must be 200.
 """
@@ -14,9 +16,9 @@ from dataclasses import dataclass
 
 PROBE_TIMEOUT_S = 2.0
 FAILURES_BEFORE_RESTART = 3
-_PROXY_PROBE = (
-    b"OPTIONS * HTTP/1.1\r\nHost: halton-meter-liveness\r\n"
-    b"User-Agent: halton-watchdog\r\nConnection: close\r\n\r\n"
+_EDGE_PROBE = b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: halton-watchdog\r\n\r\n"
+_DAEMON_PROBE = (
+    b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\nUser-Agent: halton-watchdog\r\n\r\n"
 )
 
 
@@ -27,12 +29,15 @@ class ProbeResult:
 
 
 def probe_proxy(
-    port: int, host: str = "127.0.0.1", timeout: float = PROBE_TIMEOUT_S
+    port: int,
+    host: str = "127.0.0.1",
+    timeout: float = PROBE_TIMEOUT_S,
+    request: bytes = _EDGE_PROBE,
 ) -> ProbeResult:
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(_PROXY_PROBE)
+            sock.sendall(request)
             first = sock.recv(64)
     except TimeoutError:
         return ProbeResult(False, f"no answer from {host}:{port} within {timeout}s")
@@ -58,7 +63,9 @@ def probe_api(port: int, host: str = "127.0.0.1", timeout: float = PROBE_TIMEOUT
 
 
 def probe(program: str, port: int) -> ProbeResult:
-    return probe_api(port) if program == "api" else probe_proxy(port)
+    if program == "api":
+        return probe_api(port)
+    return probe_proxy(port, request=_DAEMON_PROBE if program == "daemon" else _EDGE_PROBE)
 
 
 class LivenessTracker:

@@ -7,6 +7,7 @@ import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from string import Template
 
@@ -14,7 +15,10 @@ from halton_meter.core.fsutil import atomic_write, ensure_dir
 from halton_meter.core.paths import HOME_ENV, Home
 from halton_meter.service.env import ALLOW_NON_LOOPBACK
 
+# supervisor.d/ at the repository root (a checkout, an editable install). A wheel needs it mapped
+# as a package (setup.py: package_dir "halton_meter.supervisor_templates" -> "supervisor.d").
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "supervisor.d"
+TEMPLATE_PACKAGE = "halton_meter.supervisor_templates"
 PROGRAM_ORDER = ("daemon", "edge", "api", "watchdog")
 MODULES = {
     "daemon": "halton_meter.daemon",
@@ -116,8 +120,14 @@ def write_config(home: Home, options: RenderOptions | None = None) -> Path:
     return home.supervisord_conf
 
 
+def _template(name: str) -> str:
+    if (TEMPLATE_DIR / name).exists():
+        return (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+    return resources.files(TEMPLATE_PACKAGE).joinpath(name).read_text(encoding="utf-8")
+
+
 def _fill(name: str, **values: str) -> str:
-    text = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+    text = _template(name)
     # supervisor interpolates %(...)s in values: a literal % must be doubled.
     return Template(text).substitute({k: v.replace("%", "%%") for k, v in values.items()})
 
