@@ -128,3 +128,17 @@ def test_non_model_socket_on_provider_host_makes_no_row(daemon: DaemonHandle) ->
     wait_until(lambda: daemon.sim.requests, what="handshake reached the sim")
     time.sleep(0.3)
     assert daemon.rows() == []
+
+
+def test_large_request_message_is_read_from_its_head(daemon: DaemonHandle) -> None:
+    # A long conversation resent in full (2 MiB): relayed whole, its model sniffed, not parsed.
+    big = {"type": "response.create", "model": "gpt-5-codex", "input": "x" * (2 * 1024 * 1024)}
+    with WsClient.open(daemon.port, daemon.ca_cert, headers=[_usage_header()]) as ws:
+        ws.send(big)
+        ws.receive_until(["response.completed"])
+        ws.close()
+    (row,) = daemon.wait_rows(1)
+    assert row["model"] == "gpt-5-codex" and row["output_tokens"] == 37
+    assert row["request_bytes"] > 2 * 1024 * 1024
+    (rec,) = daemon.sim.wait_for_requests(1)
+    assert rec.ws_calls[0]["model"] == "gpt-5-codex"  # the upstream got the message intact
