@@ -131,3 +131,28 @@ def test_redact_query(given: str, expected: str) -> None:
     for secret in ("SECRET", "S1", "S2", "AIza"):
         if secret not in expected:
             assert secret not in redact_query(given)
+
+
+def test_a_failing_disk_drops_the_body_and_never_raises(
+    hm_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Home.resolve().bodies
+    root.parent.mkdir(parents=True, exist_ok=True)
+    root.write_text("a file where the bodies directory should be")  # mkdir will fail
+    store = BodyStore(root, max_bytes=1000)
+    sink = store.open(new_row_id(), "response")
+    sink.write(b"chunk")  # must not raise into the stream
+    sink.write(b"more")
+    assert sink.skipped == "write_error"
+    assert sink.close() is None
+    assert "store.body_write_error" in capsys.readouterr().err
+
+
+def test_abort_after_close_removes_the_file(hm_home: Path) -> None:
+    store = BodyStore(Home.resolve().bodies, max_bytes=1000)
+    sink = store.open(new_row_id(), "request")
+    sink.write(b"complete body")
+    assert sink.close() is not None
+    sink.abort("flow_error")
+    assert not sink.path.exists()
+    assert sink.close() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -208,3 +209,47 @@ def test_writer_on_a_corrupt_file_raises_at_construction(hm_home: Path) -> None:
     with pytest.raises(db.StoreCorruptError, match=str(path)):
         RowWriter(path)
     assert path.read_bytes() == b"garbage" * 1000
+
+
+def test_submit_never_waits_for_a_held_write_lock(hm_home: Path) -> None:
+    path = Home.resolve().db
+    writer = RowWriter(path)
+    other = db.connect(path)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        started = time.monotonic()
+        for i in range(200):
+            writer.submit(make_row(id=f"l{i}"))
+        assert time.monotonic() - started < 0.5  # the caller never waited on SQLite
+        assert not writer.flush(0.3)  # still queued behind the lock
+        other.execute("COMMIT")
+        assert writer.flush(15)
+        assert writer.errors == 0
+    finally:
+        other.close()
+        writer.close()
+    assert _count(path) == 200
+
+
+def test_a_broken_database_logs_one_event_per_batch(
+    hm_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Home.resolve().db
+    writer = RowWriter(path)
+    try:
+        with contextlib.closing(db.connect(path)) as other:
+            other.execute("ALTER TABLE requests RENAME TO requests_elsewhere")
+        for i in range(300):
+            writer.submit(make_row(id=f"x{i}"))
+        assert writer.flush(15)
+        assert writer.errors == 300
+    finally:
+        writer.close()
+    events = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if "store.write_error" in line
+    ]
+    assert events and all(e["reason"] == "commit_failed" for e in events)
+    assert sum(e["rows"] for e in events) == 300
+    assert len(events) < 300  # batched, not a flood

@@ -21,9 +21,11 @@ from typing import Literal
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from halton_meter.core.fsutil import SECRET_FILE_MODE, ensure_dir
+from halton_meter.core.logging import get_logger
 
 BodyKind = Literal["request", "response"]
 SKIP_TOO_LARGE = "body_too_large"
+SKIP_WRITE_ERROR = "write_error"
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _CREDENTIAL_PARAMS = frozenset(
@@ -54,6 +56,7 @@ class BodySink:
         self._max_bytes = max_bytes
         self._fd: int | None = None
         self._closed = False
+        self._result: str | None = None
         self.bytes_seen = 0
         self.skipped: str | None = None
 
@@ -68,27 +71,43 @@ class BodySink:
         if self.bytes_seen > self._max_bytes:
             self._discard(SKIP_TOO_LARGE)
             return
-        if self._fd is None:
-            ensure_dir(self.path.parent)
-            # O_EXCL: a row id is unique, so an existing file is never ours to overwrite.
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SECRET_FILE_MODE
-            )
-        view = memoryview(chunk)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            if self._fd is None:
+                ensure_dir(self.path.parent)
+                # O_EXCL: a row id is unique, so an existing file is never ours to overwrite.
+                self._fd = os.open(
+                    self.path,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    SECRET_FILE_MODE,
+                )
+            view = memoryview(chunk)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            # The sink sits inside a live stream: a full disk must never break the client's
+            # response. Drop the body, keep the row.
+            self._discard(SKIP_WRITE_ERROR)
+            with contextlib.suppress(Exception):
+                get_logger(__name__).error(
+                    "store.body_write_error", path=str(self.path), error=repr(exc)
+                )
 
     def close(self) -> str | None:
         """Finish the file. Returns its path relative to the store's root, or None when
-        nothing was stored (empty body, or skipped)."""
+        nothing was stored (empty body, skipped, or a write failed). Never raises."""
         if self._closed:
-            return None if self.skipped or self._fd is None else self._relpath
+            return self._result
         self._closed = True
-        if self._fd is None:
-            return None
-        os.close(self._fd)
-        return self._relpath
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                self._discard(SKIP_WRITE_ERROR)
+            else:
+                self._result = self._relpath
+            self._fd = None
+        return self._result
 
     def abort(self, reason: str = "aborted") -> None:
         """Drop whatever was written (e.g. the flow failed and the body is incomplete)."""
@@ -97,11 +116,14 @@ class BodySink:
 
     def _discard(self, reason: str) -> None:
         self.skipped = reason
+        created = self._fd is not None or self._result is not None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-            with contextlib.suppress(FileNotFoundError):
+        self._result = None
+        if created:
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
 

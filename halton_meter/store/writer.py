@@ -29,7 +29,17 @@ from halton_meter.store.model import Row
 
 # ~25 ms of work at ~40k rows/s: a row never waits behind a long batch
 BATCH_MAX = 1000
-_LOCK_RETRIES = 3
+_LOCK_RETRIES = 6
+# Errors a single row can cause; anything else is the database's and fails the batch.
+_ROW_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
 
 UPSERT_SQL = (
     f"INSERT INTO requests ({', '.join(WRITE_COLUMNS)}) "
@@ -134,14 +144,22 @@ class RowWriter:
         try:
             self._commit_with_retry(batch)
             self.written += len(batch)
-        except Exception:
-            # One bad row must not take its batch-mates down: retry them one by one.
+        except _ROW_ERRORS:
+            # Something in one row (a value SQLite cannot bind, a constraint): retry the rows
+            # one by one so the bad one does not take its batch-mates down.
+            failures: list[tuple[str, BaseException]] = []
             for params in batch:
                 try:
                     self._commit_with_retry([params])
                     self.written += 1
-                except Exception as exc:
-                    self._count_error(1, "commit_failed", row_id=params[0], exc=exc)
+                except Exception as row_exc:
+                    failures.append((str(params[0]), row_exc))
+            for row_id, error in failures:
+                self._count_error(1, "row_rejected", row_id=row_id, exc=error)
+        except Exception as exc:
+            # The database itself failed (locked for a minute, disk full, I/O error): one
+            # event for the whole batch, not a flood of one per row.
+            self._count_error(len(batch), "commit_failed", row_id=str(batch[0][0]), exc=exc)
         finally:
             with self._cond:
                 self._done += len(batch)
@@ -154,20 +172,25 @@ class RowWriter:
                     self._conn.executemany(UPSERT_SQL, batch)
                 return
             except sqlite3.OperationalError as exc:
-                # busy_timeout already waited; a long reader/writer elsewhere: try again.
-                if "locked" not in str(exc) or attempt == _LOCK_RETRIES - 1:
+                # busy_timeout already waited (10 s); another process holds the write lock
+                # for long (a backfill): keep trying for about a minute before giving up.
+                text = str(exc).lower()
+                busy = "locked" in text or "busy" in text
+                if not busy or attempt == _LOCK_RETRIES - 1:
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(0.1 * (attempt + 1))
 
     def _count_error(
         self, n: int, reason: str, *, row_id: str | None = None, exc: BaseException | None = None
     ) -> None:
+        """Count ``n`` lost rows and log one ``store.write_error`` event for them."""
         with self._cond:
             self.errors += n
         with contextlib.suppress(Exception):
             get_logger(__name__).error(
                 "store.write_error",
                 reason=reason,
+                rows=n,
                 row_id=row_id,
                 error=repr(exc) if exc else None,
                 db=str(self.db_path),
