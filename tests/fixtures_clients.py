@@ -280,6 +280,7 @@ class MeterStack:
         *,
         cwd: Path | None = None,
         timeout: float = 180,
+        run_args: Sequence[str] = (),
         **extra: str,
     ) -> subprocess.CompletedProcess[str]:
         """``halton-meter run -- argv`` from a shell, as a user types it (the shell is the
@@ -288,7 +289,8 @@ class MeterStack:
         import sys
 
         cmd = " ".join(
-            shlex.quote(a) for a in [sys.executable, "-m", "halton_meter", "run", "--", *argv]
+            shlex.quote(a)
+            for a in [sys.executable, "-m", "halton_meter", "run", *run_args, "--", *argv]
         )
         return subprocess.run(
             ["bash", "-c", f"{cmd}; exit $?"],

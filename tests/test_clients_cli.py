@@ -120,6 +120,26 @@ def test_node_sdks_unchanged_script(stack: MeterStack) -> None:
     _no_secrets(rows)
 
 
+def test_node_fetch_carries_run_project(stack: MeterStack) -> None:
+    # `run --project` puts the project in the proxy URL's user part; the preload sends it as
+    # Proxy-Authorization on its CONNECT, which the edge reads as tier "explicit".
+    code = (
+        "fetch('https://api.openai.com/v1/chat/completions',{method:'POST',"
+        "headers:{'content-type':'application/json',authorization:'Bearer sk-cli-openai'},"
+        "body:JSON.stringify({model:'gpt-4o-mini',messages:[{role:'user',content:'p'}]})})"
+        ".then(r=>r.json()).then(j=>console.log(j.usage.completion_tokens))"
+    )
+    mark = stack.mark()
+    # HALTON_PROJECT removed from node's environment: only the proxy URL carries the project.
+    out = stack.run(
+        ["env", "-u", "HALTON_PROJECT", "node", "-e", code], run_args=["--project", "billing-api"]
+    )
+    assert out.returncode == 0, out.stderr
+    (row,) = stack.rows_since(mark, 1)
+    assert (row["tool"], row["project"], row["tier"]) == ("node", "billing-api", "explicit")
+    assert row["output_tokens"] == int(out.stdout)
+
+
 PY_SDK_SCRIPT = """
 import anthropic, json
 c = anthropic.Anthropic(api_key="sk-ant-api03-cli", max_retries=0)
