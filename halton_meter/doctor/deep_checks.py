@@ -238,7 +238,7 @@ def check_new_terminal(facts: DoctorFacts) -> Finding:
         WARN,
         f"install-mode is {facts.mode} but this shell has no HTTPS_PROXY: it was opened before "
         "init (the rc block is read by new shells only); IDEs started before init lack it too.",
-        f"exec {shell} -l   # or open a new terminal; echo $HTTPS_PROXY should print "
+        f"exec {shell}   # or open a new terminal; echo $HTTPS_PROXY should print "
         f"{_edge_url(facts)}. An IDE started before init: {ide}",
     )
 

@@ -78,6 +78,11 @@ def _ok_summary(name: str, service: ServiceFacts, client: ClientFacts) -> str:
     return texts.get(name, lambda: "ok.")()
 
 
+def _one_line(text: str) -> str:
+    # A command line in a message (a listener's argv) may hold newlines: a row is one line.
+    return " ".join(text.split())
+
+
 def _reason_row(
     name: str, reasons: list[Reason], service: ServiceFacts, client: ClientFacts
 ) -> dict[str, Any]:
@@ -94,7 +99,7 @@ def _reason_row(
     return {
         "id": name,
         "status": FAIL if fold(reasons) == BROKEN else WARN,
-        "summary": " ".join(r.message for r in reasons),
+        "summary": _one_line(" ".join(r.message for r in reasons)),
         "fix": "\n".join(fixes) or None,
         "reasons": [r.id for r in reasons],
     }
@@ -109,7 +114,7 @@ def _finding_row(row_id: str, finding: Finding) -> tuple[dict[str, Any], list[Re
     row = {
         "id": row_id,
         "status": finding.status,
-        "summary": finding.summary,
+        "summary": _one_line(finding.summary),
         "fix": finding.fix,
         "reasons": [r.id for r in reasons],
     }
