@@ -578,3 +578,40 @@ def test_supervise_entry_refuses_a_second_supervisord(meter: Meter) -> None:
     assert (
         len([p for p in our_processes(meter.home) if "supervisord" in " ".join(p.cmdline())]) == 1
     )
+
+
+def test_start_while_running_starts_what_is_down(meter: Meter) -> None:
+    pin_free_ports(meter.home)
+    meter.start()
+    supervisor_proxy(meter.home, timeout=30).supervisor.stopProcess("api", True)
+    assert not meter.answers()
+    outcome = control.start(meter.home)
+    assert outcome.ok and outcome.already and "started api" in outcome.message
+    assert meter.answers()
+
+
+def test_start_with_an_invalid_config_says_why_at_once(meter: Meter) -> None:
+    meter.home.config.write_text("listen_host = [1, 2\n")
+    t0 = time.monotonic()
+    outcome = control.start(meter.home)
+    assert not outcome.ok and time.monotonic() - t0 < 15
+    assert (
+        "config.toml" in outcome.message
+        and "supervise entry exited with status 3" in outcome.message
+    )
+    assert program_infos(meter.home) is None
+
+
+def test_kill_9_of_supervisord_then_stop_leaves_no_orphan(meter: Meter) -> None:
+    ports = pin_free_ports(meter.home)
+    meter.start()
+    wait_until(meter.all_running, timeout=10, what="all RUNNING")
+    children = [meter.pid(p) for p in ("daemon", "edge", "api", "watchdog")]
+    sv = supervisord_pid(meter.home)
+    assert sv
+    os.kill(sv, signal.SIGKILL)
+    wait_until(lambda: program_infos(meter.home) is None, timeout=5, what="supervisord gone")
+    outcome = control.stop(meter.home)
+    assert outcome.ok and "orphan" in outcome.message
+    assert not any(alive(pid) for pid in children)
+    assert not our_processes(meter.home) and not port_open(ports.edge)

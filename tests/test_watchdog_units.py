@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import xmlrpc.client
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 from halton_watchdog import loop_detector as ld
-from halton_watchdog.config_watch import plan_for
+from halton_watchdog.config_watch import catches_sighup, plan_for
 from halton_watchdog.exits import EXITED, GAVE_UP, STOPPED, LogTail, PollCounter, parse_line
 from halton_watchdog.main import Watchdog
 from halton_watchdog.ports import to_restart
@@ -103,6 +105,7 @@ class FakeRPC:
         self.calls: list[tuple[str, ...]] = []
         self.states = {n: "RUNNING" for n in ("daemon", "edge", "api", "watchdog")}
         self.already_started_once = False
+        self.pids: dict[str, int] = {}
 
     def getPID(self) -> int:  # noqa: N802 - XML-RPC name
         return 1
@@ -110,7 +113,14 @@ class FakeRPC:
     def getAllProcessInfo(self) -> list[dict[str, Any]]:  # noqa: N802
         now = int(time.time())
         return [
-            {"name": n, "statename": s, "pid": 0, "start": now - 100, "stop": 0, "now": now}
+            {
+                "name": n,
+                "statename": s,
+                "pid": self.pids.get(n, 0),
+                "start": now - 100,
+                "stop": 0,
+                "now": now,
+            }
             for n, s in self.states.items()
         ]
 
@@ -171,6 +181,7 @@ def test_watchdog_counts_burst_of_exits_detects_loop_stops_and_retries_with_back
     assert rpc.calls == [("stop", "daemon")]  # still cooling down: no spinning
     clock.t += 0.2
     rpc.already_started_once = True  # BACKOFF: ALREADY_STARTED -> stop, then start
+    rpc.states["daemon"] = "BACKOFF"
     dog.step()
     assert rpc.calls[1:] == [("start", "daemon"), ("stop", "daemon"), ("start", "daemon")]
     assert read_watchdog_state(home)["last_action"]["action"] == "start"
@@ -179,6 +190,39 @@ def test_watchdog_counts_burst_of_exits_detects_loop_stops_and_retries_with_back
         fh.write(_line("daemon") * 3)
     dog.step()
     assert dog.detectors["daemon"].retry_at == pytest.approx(clock.t + 10.0)
+
+
+def test_a_restarted_watchdog_still_retries_what_the_previous_one_stopped(hm_home: Path) -> None:
+    rpc, clock = FakeRPC(), Clock()
+    dog = _watchdog(hm_home, rpc, clock)
+    with Home.resolve().supervisord_log.open("a") as fh:
+        fh.write(_line("edge") * 3)
+    dog.step()
+    assert rpc.calls == [("stop", "edge")]
+    dog = Watchdog(
+        Home.resolve(),
+        rpc=rpc,
+        clock=clock,
+        prober=lambda n, p: ProbeResult(True),
+        watch_files=False,
+    )
+    assert dog.detectors["edge"].state == ld.COOLDOWN and dog.detectors["edge"].attempt == 1
+    clock.t += 5.1
+    dog.step()
+    assert rpc.calls == [("stop", "edge"), ("start", "edge")]
+
+
+def test_retry_leaves_a_program_someone_already_started_alone(hm_home: Path) -> None:
+    rpc, clock = FakeRPC(), Clock()
+    dog = _watchdog(hm_home, rpc, clock)
+    with Home.resolve().supervisord_log.open("a") as fh:
+        fh.write(_line("api") * 3)
+    dog.step()
+    rpc.states["api"] = "RUNNING"  # the user ran `halton-meter start` meanwhile
+    rpc.already_started_once = True
+    clock.t += 5.1
+    dog.step()
+    assert rpc.calls == [("stop", "api"), ("start", "api")]
 
 
 def test_watchdog_requested_stops_are_not_crashes(hm_home: Path) -> None:
@@ -209,7 +253,30 @@ def test_watchdog_liveness_restart_after_three_failures(hm_home: Path) -> None:
     }
 
 
-def test_watchdog_config_reload_refused_then_live_sighup(hm_home: Path) -> None:
+def _child(catch_hup: bool) -> subprocess.Popen[str]:
+    code = (
+        "import signal, sys, time\n"
+        + ("signal.signal(signal.SIGHUP, lambda *a: None)\n" if catch_hup else "")
+        + "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout and child.stdout.readline().strip() == "ready"
+    return child
+
+
+def test_catches_sighup_reads_the_kernel() -> None:
+    with_handler, without = _child(True), _child(False)
+    try:
+        assert catches_sighup(with_handler.pid) is True
+        assert catches_sighup(without.pid) is False
+        assert catches_sighup(2**22 + 12345) is False
+    finally:
+        for child in (with_handler, without):
+            child.kill()
+            child.wait()
+
+
+def test_watchdog_config_reload_refused_then_live_sighup_or_restart(hm_home: Path) -> None:
     rpc, clock = FakeRPC(), Clock()
     dog = _watchdog(hm_home, rpc, clock)
     home = Home.resolve()
@@ -219,10 +286,27 @@ def test_watchdog_config_reload_refused_then_live_sighup(hm_home: Path) -> None:
     assert "body_max_bytes" in dog.state["last_cause"]["error"]
     assert dog.config.capture.body_max_bytes == 4194304  # running config kept
     assert rpc.calls == []
-    home.config.write_text("[watchdog]\nloop_exits = 3\n[capture]\nbody_max_bytes = 1024\n")
-    dog._apply_changes({"config"})
-    assert rpc.calls == [("signal", "daemon", "HUP")]
-    assert dog.config.capture.body_max_bytes == 1024
+    daemon = _child(catch_hup=True)
+    try:
+        rpc.pids["daemon"] = daemon.pid
+        home.config.write_text("[watchdog]\nloop_exits = 3\n[capture]\nbody_max_bytes = 1024\n")
+        dog._apply_changes({"config"})
+        assert rpc.calls == [("signal", "daemon", "HUP")]
+        assert dog.config.capture.body_max_bytes == 1024
+    finally:
+        daemon.kill()
+        daemon.wait()
+    daemon = _child(catch_hup=False)  # SIGHUP would kill this one: restarted instead
+    try:
+        rpc.pids["daemon"] = daemon.pid
+        rpc.calls.clear()
+        home.config.write_text("[watchdog]\nloop_exits = 3\n[capture]\nbody_max_bytes = 2048\n")
+        dog._apply_changes({"config"})
+        assert rpc.calls == [("stop", "daemon"), ("start", "daemon")]
+        assert daemon.poll() is None
+    finally:
+        daemon.kill()
+        daemon.wait()
 
 
 # --- recursion and registration -----------------------------------------------------------

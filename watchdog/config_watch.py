@@ -4,11 +4,16 @@ An edit is validated with load_config first: an invalid one is refused
 (``config.reload_refused error=...``) and the running config kept. A valid one is applied live
 where that is safe (capture hosts and body gate, upstream map, cloud: SIGHUP to the daemon,
 which re-reads config.toml on SIGHUP) and by a restart otherwise (hosts and ports).
+
+The SIGHUP contract: a program that catches SIGHUP re-reads config.toml. Whether it does is read
+from the kernel (SigCgt in /proc/<pid>/status), so a program without a handler, which SIGHUP
+would kill, is restarted cleanly instead.
 """
 
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,17 @@ def plan_for(old: Config, new: Config) -> Plan:
         renegotiate=old.ports != new.ports,
         watchdog=old.watchdog != new.watchdog,
     )
+
+
+def catches_sighup(pid: int) -> bool:
+    """Has process ``pid`` installed a SIGHUP handler? (False when it cannot be known.)"""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 class Watcher:

@@ -166,6 +166,15 @@ class LoopDetector:
         while self.exits and now - self.exits[0] > self.window_s:
             self.exits.popleft()
 
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Resume from a persisted snapshot: a restarted watchdog must still retry what the
+        previous one stopped. (A repeated stop in LOOPING is harmless.)"""
+        self.attempt = int(snapshot.get("attempt") or 0)
+        if snapshot.get("loop_state") in (LOOPING, COOLDOWN):
+            self.state = str(snapshot["loop_state"])
+            retry_at = snapshot.get("retry_at")
+            self.retry_at = float(retry_at) if retry_at is not None else self.clock()
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "loop_state": self.state,

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from halton_watchdog import loop_detector as ld
-from halton_watchdog.config_watch import CONFIG, PORTS, Watcher, plan_for
+from halton_watchdog.config_watch import CONFIG, PORTS, Watcher, catches_sighup, plan_for
 from halton_watchdog.exits import EXITED, GAVE_UP, STOPPED, ExitEvent, LogTail, PollCounter
 from halton_watchdog.healing import heal_before_restart
 from halton_watchdog.ports import foreign_holder, renegotiate, to_restart
@@ -83,6 +83,8 @@ class Watchdog:
             )
             for name in WATCHED
         }
+        for name, detector in self.detectors.items():
+            detector.restore(self.state["programs"].get(name) or {})
         self.liveness = LivenessTracker()
         self.watcher = Watcher(home) if watch_files else None
         self._pool = ThreadPoolExecutor(max_workers=len(WATCHED), thread_name_prefix="probe")
@@ -232,6 +234,8 @@ class Watchdog:
             if "ALREADY_STARTED" not in fault.faultString:
                 self.log.error("watchdog.start_failed", program=program, error=fault.faultString)
                 return
+            if self._state_of(program) != "BACKOFF":
+                return  # someone started it already (a user's `start`): leave it running
             # BACKOFF answers ALREADY_STARTED: stop, then start.
             self._stop_program(program)
             try:
@@ -349,6 +353,10 @@ class Watchdog:
             except PortError as exc:
                 self.log.error("config.reload_refused", error=str(exc))
         for name in plan.signal_hup:
+            pid = self._pid_of(name)
+            if pid is None or not catches_sighup(pid):
+                restart.append(name)  # SIGHUP would kill it: restart it cleanly instead
+                continue
             try:
                 self.rpc.signalProcess(name, "HUP")
                 self.log.info("config.reloaded", program=name, mode="sighup")
@@ -357,6 +365,16 @@ class Watchdog:
         for name in restart:
             self.log.info("config.reloaded", program=name, mode="restart")
             self.restart(name, "config.changed")
+
+    def _info_of(self, program: str) -> dict[str, Any]:
+        return next((i for i in self._infos() or [] if i["name"] == program), {})
+
+    def _pid_of(self, program: str) -> int | None:
+        pid = self._info_of(program).get("pid")
+        return int(pid) if pid else None
+
+    def _state_of(self, program: str) -> str:
+        return str(self._info_of(program).get("statename", ""))
 
     # --- persisted state ----------------------------------------------------------------
 

@@ -154,8 +154,9 @@ def spawn_entry(home: Home) -> subprocess.Popen[bytes]:
 def start(home: Home | None = None, deadline_s: float = START_DEADLINE_S) -> Outcome:
     home = home or Home.resolve()
     t0 = time.monotonic()
-    if program_infos(home) is not None:
-        return Outcome(True, f"halton-meter is already running ({home.root})", already=True)
+    infos = program_infos(home)
+    if infos is not None:
+        return _start_stopped(home, infos, deadline_s)
     manager = service_manager(home)
     entry = None
     if manager is not None:
@@ -173,6 +174,27 @@ def start(home: Home | None = None, deadline_s: float = START_DEADLINE_S) -> Out
         True,
         f"halton-meter started in {time.monotonic() - t0:.1f}s: edge 127.0.0.1:{ports.edge}, "
         f"daemon 127.0.0.1:{ports.daemon}, api http://127.0.0.1:{ports.api}",
+    )
+
+
+_DOWN = ("STOPPED", "EXITED", "FATAL", "BACKOFF")
+
+
+def _start_stopped(home: Home, infos: dict[str, ProgramInfo], deadline_s: float) -> Outcome:
+    """Already running: start what is down (e.g. stopped by the watchdog's loop detector)."""
+    down = [name for name in PROGRAM_ORDER if name in infos and infos[name].state in _DOWN]
+    if not down:
+        return Outcome(True, f"halton-meter is already running ({home.root})", already=True)
+    rpc = supervisor_proxy(home, timeout=30).supervisor
+    for name in down:
+        if infos[name].state == "BACKOFF":  # BACKOFF answers ALREADY_STARTED: stop first
+            rpc.stopProcess(name, True)
+        rpc.startProcess(name, False)
+    outcome = wait_ready(home, deadline_s, None)
+    if not outcome.ok:
+        return outcome
+    return Outcome(
+        True, f"halton-meter is already running ({home.root}); started {', '.join(down)}", True
     )
 
 
