@@ -246,3 +246,22 @@ def test_concurrent_connects_restore_the_umask(hm_home: Path) -> None:
         assert os.umask(0o022) == 0o022  # the caller's umask came back
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "code", "needle"),
+    [
+        (sqlite3.DatabaseError("file is not a database"), db.StoreCorruptError, 3, "mv "),
+        (sqlite3.DatabaseError("database disk image is malformed"), db.StoreCorruptError, 3, "mv "),
+        (sqlite3.OperationalError("database is locked"), db.StoreError, 1, "try again"),
+        (sqlite3.OperationalError("unable to open database file"), db.StoreError, 1, "ls -l"),
+    ],
+)
+def test_errors_are_classified_with_their_fix(
+    tmp_path: Path, exc: sqlite3.Error, kind: type, code: int, needle: str
+) -> None:
+    path = tmp_path / "db.sqlite"
+    err = db.error_for(path, exc)
+    assert type(err) is kind
+    assert err.exit_code == code
+    assert str(path) in str(err) and needle in str(err)

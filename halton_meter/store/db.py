@@ -191,15 +191,22 @@ def _configure(conn: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
         raise error_for(path, exc) from exc
 
 
-def error_for(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
-    """The user-facing error for a failed query: busy (retry) or damaged (move it aside)."""
+def error_for(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The user-facing error for a failed query: busy (retry), damaged (move it aside), or
+    unusable for another reason (permissions, a vanished directory), named as such."""
     text = str(exc).lower()
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+    if "locked" in text or "busy" in text:
         return StoreError(
             f"the database {path} is busy ({exc}); try again in a moment",
             exit_code=EXIT_FAILURE,
         )
-    return corrupt_error(path, exc)
+    if any(word in text for word in ("not a database", "malformed", "corrupt")):
+        return corrupt_error(path, exc)
+    return StoreError(
+        f"cannot use the database {path}: {exc}. Check that the file and its directory "
+        f"belong to you and are readable (ls -l {path.parent}).",
+        exit_code=EXIT_FAILURE,
+    )
 
 
 def corrupt_error(path: Path, exc: BaseException) -> StoreCorruptError:
