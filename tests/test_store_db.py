@@ -265,3 +265,17 @@ def test_errors_are_classified_with_their_fix(
     assert type(err) is kind
     assert err.exit_code == code
     assert str(path) in str(err) and needle in str(err)
+
+
+def test_files_a_reader_creates_are_0600_too(hm_home: Path) -> None:
+    path = Home.resolve().db
+    write_rows(path, [make_row()])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["db.sqlite"]  # closed cleanly
+    old = os.umask(0o022)
+    try:
+        with contextlib.closing(db.connect(path, readonly=True)) as conn:
+            assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 1
+            for name in ("db.sqlite-wal", "db.sqlite-shm"):
+                assert _mode(path.with_name(name)) == 0o600, name
+    finally:
+        os.umask(old)
