@@ -3,8 +3,9 @@
 Codex CLI speaks the OpenAI Responses API over WebSocket (``GET /v1/responses`` upgraded):
 ``response.create`` messages go up, ``response.*`` events come down, usage arrives in the
 terminal event. mitmproxy relays each message as soon as it is complete and calls
-``websocket_message`` just before; this addon only reads the message (never modifies, drops
-or holds it) and follows the socket with a :class:`ResponsesSession`.
+``websocket_message`` just before; this addon only notes the message (never modifies, drops
+or holds it) and reads it on the next turn of the event loop, after the relay, following the
+socket with a :class:`ResponsesSession`.
 
 A row is written when a response ends (``response.completed`` / ``incomplete`` / ``failed``
 / ``error``), and a partial row when the socket closes or the daemon stops mid-response.
@@ -14,11 +15,15 @@ attribution, pricer, writer and usage-to-row mapping are reused, not copied).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from mitmproxy import http
 
@@ -69,6 +74,8 @@ class WebSocketMeter:
         self.capture = capture
         self.stats = capture.stats
         self._sockets: dict[str, _Socket] = {}
+        self._work: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._drain_scheduled = False
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -104,32 +111,58 @@ class WebSocketMeter:
         # (the wire is untouched: the message itself is relayed after this hook).
         if len(flow.websocket.messages) > 1:
             del flow.websocket.messages[:-1]
-        content = message.content
         now = message.timestamp or time.time()
-        if message.from_client:
-            self._client_message(sock, content, now)
-        else:
-            self._server_message(sock, content, now)
+        handle = self._client_message if message.from_client else self._server_message
+        self._schedule(handle, sock, message.content, now)
 
     @fail_open("addon.websocket.error")
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         sock = self._sockets.pop(flow.id, None)
         if sock is None:
             return
+        ws = flow.websocket
+        code = ws.close_code if ws is not None else None
+        reason = (ws.close_reason if ws is not None else "") or ""
+        error = flow.error.msg if flow.error else None
+        text = (
+            error or f"websocket closed mid-response (code {code}{': ' + reason if reason else ''})"
+        )
+        self._schedule(self._end, sock, text)
+
+    def _end(self, sock: _Socket, error: str) -> None:
         if sock.pending is not None:
-            ws = flow.websocket
-            code = ws.close_code if ws is not None else None
-            reason = (ws.close_reason if ws is not None else "") or ""
-            error = flow.error.msg if flow.error else None
-            text = (
-                error
-                or f"websocket closed mid-response (code {code}{': ' + reason if reason else ''})"
-            )
-            self._write_partial(sock, text)
+            self._write_partial(sock, error)
         log.info("addon.websocket.end", host=sock.host, rows=sock.rows)
+
+    def _schedule(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn`` right after mitmproxy has relayed the message, never in front of it.
+
+        Work is queued in order (one loop callback drains it), so a socket's messages are
+        read in the order they crossed; ``done`` drains what is left at shutdown.
+        """
+        self._work.append((fn, args))
+        if not self._drain_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._drain()
+                return
+            self._drain_scheduled = True
+            loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        while self._work:
+            fn, args = self._work.popleft()
+            try:
+                fn(*args)
+            except Exception as exc:
+                self.stats.metering_errors += 1
+                log.error("addon.websocket.error", error=repr(exc), hook=fn.__name__)
 
     def done(self) -> None:
         """Daemon shutdown: responses still in flight become partial rows."""
+        self._drain()
         for sock in list(self._sockets.values()):
             try:
                 if sock.pending is not None:
