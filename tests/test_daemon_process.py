@@ -320,3 +320,18 @@ def test_daemon_runs_the_cloud_sync_loop(tmp_path: Path, provider_sim: ProviderS
             assert handle.stop() == 0
             assert '"cloud.sync_stopped"' in handle.stdout()
         cloud.stop()
+
+
+def test_proxy_variables_are_not_honoured(hm_home: Path, provider_sim: ProviderSim) -> None:
+    # A daemon that inherited HTTPS_PROXY (a stale launchctl env) must not send its own
+    # upstream traffic there: that is how proxy loops start.
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"HTTPS_PROXY": dead, "HTTP_PROXY": dead, "ALL_PROXY": dead, "https_proxy": dead}
+    handle = start_daemon(hm_home, provider_sim, env_extra=env)
+    try:
+        with handle.client() as http:
+            assert http.post(ANTHROPIC, json=body(), headers=HEADERS).status_code == 200
+        [row] = handle.wait_rows(1)
+        assert row["status"] == 200 and row["error"] is None
+    finally:
+        assert handle.stop() == 0

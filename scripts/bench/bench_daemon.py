@@ -13,6 +13,8 @@ in a throwaway HALTON_METER_HOME) and bare ``mitmdump`` with no addons and the s
 - SSE per-event lag: streamed calls with a pause between events; for the first and the last
   event of each stream, client arrival time minus the simulator's send time (one machine,
   one monotonic clock). Added lag = median(via) - median(direct). Target: < 1 ms (daemon).
+  Bare mitmproxy with the same options buffers small SSE bodies to their end (that is why
+  the daemon tees); a second bare instance streaming every body is the fair baseline.
 - RSS: the daemon's peak RSS (psutil) through one 200 MiB streamed response and one 200 MiB
   JSON response; and RSS sampled over 10,000 metered requests (4 client threads).
   Targets: peak < 150 MiB; flat over the soak.
@@ -138,8 +140,10 @@ class Procs:
             time.sleep(0.05)
         return port, home, proc
 
-    def start_mitmdump(self, bundle: Path) -> tuple[int, Path, subprocess.Popen[Any]]:
-        confdir = self.base / "bare"
+    def start_mitmdump(
+        self, bundle: Path, name: str = "bare", stream_large_bodies: str = "256k"
+    ) -> tuple[int, Path, subprocess.Popen[Any]]:
+        confdir = self.base / name
         confdir.mkdir(mode=0o700)
         port = _free_port()
         mitmdump = Path(PYTHON).parent / "mitmdump"
@@ -148,7 +152,7 @@ class Procs:
                 str(mitmdump), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
                 "--set", f"confdir={confdir}",
                 "--set", "connection_strategy=lazy",
-                "--set", "stream_large_bodies=256k",
+                "--set", f"stream_large_bodies={stream_large_bodies}",
                 "--set", f"ssl_verify_upstream_trusted_ca={bundle}",
             ],
             env=_clean_env(),
@@ -175,8 +179,11 @@ class Procs:
 class Target:
     """Where requests go: direct to the sim, or through a proxy with a CONNECT tunnel."""
 
-    def __init__(self, name: str, ca: Path, sim_port: int, proxy_port: int | None) -> None:
+    def __init__(
+        self, name: str, ca: Path, sim_port: int, proxy_port: int | None, pid: int | None = None
+    ) -> None:
         self.name = name
+        self.pid = pid  # the proxy's process, for its CPU time
         self.ctx = ssl.create_default_context(cafile=str(ca))
         self.sim_port = sim_port
         self.proxy_port = proxy_port
@@ -203,18 +210,28 @@ def _post(
     return conn.getresponse()
 
 
-def keepalive(target: Target, n: int) -> list[float]:
+def _cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def keepalive(target: Target, n: int, cpu: dict[str, float] | None = None) -> list[float]:
     conn = target.connect()
     times: list[float] = []
     try:
         for _ in range(20):  # warm-up: TLS, upstream connection, caches
             _post(conn, BODY).read()
+        cpu0 = _cpu_s(target.pid)
         for _ in range(n):
             t0 = time.perf_counter()
             resp = _post(conn, BODY)
             resp.read()
             times.append((time.perf_counter() - t0) * 1000)
             assert resp.status == 200, resp.status
+        if cpu is not None:
+            cpu[target.name] = cpu.get(target.name, 0.0) + _cpu_s(target.pid) - cpu0
     finally:
         conn.close()
     return times
@@ -374,21 +391,27 @@ def main() -> int:
         sim_port, sim_ca = procs.start_sim()
         d_port, home, d_proc = procs.start_daemon(sim_port, sim_ca)
         bundle = home / "run" / "upstream-roots.pem"
-        b_port, bare_ca, _ = procs.start_mitmdump(bundle)
+        b_port, bare_ca, b_proc = procs.start_mitmdump(bundle)
+        # Bare mitmproxy with the same options buffers an SSE body under 256k to its end;
+        # this one streams every body, the fair baseline for per-event lag.
+        s_port, stream_ca, _ = procs.start_mitmdump(bundle, "bare-stream", "1")
         targets = {
             "direct": Target("direct", sim_ca, sim_port, None),
-            "mitmproxy": Target("mitmproxy", bare_ca, sim_port, b_port),
+            "mitmproxy": Target("mitmproxy", bare_ca, sim_port, b_port, b_proc.pid),
             "daemon": Target(
-                "daemon", home / "mitmproxy" / "mitmproxy-ca-cert.pem", sim_port, d_port
+                "daemon", home / "mitmproxy" / "mitmproxy-ca-cert.pem", sim_port, d_port, d_proc.pid
             ),
         }
 
+        stream_target = Target("mitmproxy", stream_ca, sim_port, s_port)
+
         # keep-alive request latency, interleaved rounds so drift hits every target alike
         lat: dict[str, list[float]] = {k: [] for k in targets}
+        cpu: dict[str, float] = {}
         rounds = 4
         for _ in range(rounds):
             for name, t in targets.items():
-                lat[name] += keepalive(t, args.requests // rounds)
+                lat[name] += keepalive(t, args.requests // rounds, cpu)
         ka: dict[str, Any] = {k: _summary(v) for k, v in lat.items()}
         direct_med = ka["direct"]["median"]
         for k in ("mitmproxy", "daemon"):
@@ -396,11 +419,15 @@ def main() -> int:
         ka["daemon_vs_mitmproxy_added_ratio"] = round(
             ka["daemon"]["added_ms"] / ka["mitmproxy"]["added_ms"], 3
         ) if ka["mitmproxy"]["added_ms"] > 0 else None  # fmt: skip
+        n_req = rounds * (args.requests // rounds)
+        for k in ("mitmproxy", "daemon"):
+            # CPU time of the proxy process per request: steadier than latency on a busy box.
+            ka[k]["proxy_cpu_ms_per_request"] = round(cpu.get(k, 0.0) / n_req * 1000, 4)
         result["keepalive_ms"] = ka
 
         # SSE per-event lag
         lags: dict[str, list[float]] = {}
-        for name, t in targets.items():
+        for name, t in [*targets.items(), ("mitmproxy_streaming", stream_target)]:
             sim_reset(sim_port, sim_ca)
             arrivals = stream_arrivals(t, args.streams, args.events, args.delay_ms)
             log = [r for r in sim_log(sim_port, sim_ca) if r.get("stream")][1:]  # drop warm-up
@@ -412,7 +439,7 @@ def main() -> int:
                     samples.append((last - rec["last_event_at"]) * 1000)
             lags[name] = samples
         sse: dict[str, Any] = {k: _summary(v) for k, v in lags.items()}
-        for k in ("mitmproxy", "daemon"):
+        for k in ("mitmproxy", "mitmproxy_streaming", "daemon"):
             sse[k]["added_ms"] = round(sse[k]["median"] - sse["direct"]["median"], 4)
         result["sse_event_lag_ms"] = sse
 
@@ -464,8 +491,12 @@ def _print_table(r: dict[str, Any]) -> None:
     print(
         f"  daemon added / mitmproxy added = {ka['daemon_vs_mitmproxy_added_ratio']}  (target <= 1.2)"
     )
+    print(
+        f"  proxy CPU per request (ms): mitmproxy {ka['mitmproxy']['proxy_cpu_ms_per_request']}"
+        f", daemon {ka['daemon']['proxy_cpu_ms_per_request']}"
+    )
     print(f"{'SSE event lag (ms)':28} {'median':>8} {'p95':>8} {'added':>8}")
-    for k in ("direct", "mitmproxy", "daemon"):
+    for k in ("direct", "mitmproxy", "mitmproxy_streaming", "daemon"):
         print(
             f"  {k:26} {sse[k]['median']:8.3f} {sse[k]['p95']:8.3f} {sse[k].get('added_ms', 0):8.3f}"
         )
