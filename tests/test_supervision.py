@@ -101,12 +101,25 @@ def _supervised(monkeypatch: pytest.MonkeyPatch) -> Iterator[Meter]:
     home = Home.resolve()
     yield Meter(home)
     control.stop(home)
-    leftover = our_processes(home)
+    leftover = with_our_home(home)
     end_processes(leftover, timeout=3)
     for entry in entries:  # the supervise entries became supervisord: reap them
         entry.kill()
         entry.wait(5)
-    assert not leftover, f"processes left behind: {[p.pid for p in leftover]}"
+    assert not leftover, f"processes left behind: {[(p.pid, p.cmdline()) for p in leftover]}"
+
+
+def with_our_home(home: Home) -> list[psutil.Process]:
+    """Every live process whose environment names this home: stricter than the orphan finder."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
+                if proc.environ().get("HALTON_METER_HOME") == str(home.root):
+                    found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 @pytest.fixture
