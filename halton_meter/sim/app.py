@@ -53,7 +53,7 @@ class SimRecord:
     headers: dict[str, str]
     body_size: int
     body_sha256: str
-    body_text: str  # the first 64 KiB, decoded leniently
+    body_text: str = field(repr=False)  # the first 64 KiB, decoded leniently
     tls: bool
     sni: str | None
     peer: str
