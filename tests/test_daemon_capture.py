@@ -425,3 +425,50 @@ def test_stats_file_counts_rows(shared_daemon: DaemonHandle) -> None:
     stats = d.stats()
     assert stats["pid"] == d.proc.pid and stats["metering_errors"] == 0
     assert stat.S_IMODE(os.stat(d.home / "run" / "daemon-stats.json").st_mode) == 0o600
+
+
+def test_subscription_oauth_traffic_is_priced_as_api_equivalent(
+    shared_daemon: DaemonHandle,
+) -> None:
+    d = shared_daemon
+    mark = d.mark()
+    token = "sk-ant-oat01-SECRET-subscription"
+    with d.client() as http:
+        sub = http.post(
+            ANTHROPIC,
+            json=messages_body(False),
+            headers={
+                "authorization": f"Bearer {token}",
+                "anthropic-version": "2023-06-01",
+                "anthropic-beta": "oauth-2025-04-20",
+                "x-sim-usage": json.dumps(USAGE),
+            },
+        )
+        key = http.post(
+            ANTHROPIC, json=messages_body(False), headers=knobs(usage=json.dumps(USAGE))
+        )
+    assert sub.status_code == 200 and key.status_code == 200
+    sub_row, key_row = d.wait_rows(2, since=mark)
+    assert sub_row["api_equivalent"] == 1 and sub_row["priced"] == 1
+    assert sub_row["price_note"] == "api-equivalent" and sub_row["cost_usd"] == key_row["cost_usd"]
+    assert key_row["api_equivalent"] == 0 and key_row["price_note"] is None
+    assert token not in json.dumps(sub_row)
+
+
+def test_client_offering_http2_is_metered(shared_daemon: DaemonHandle) -> None:
+    # A client offering h2 in ALPN (Node, curl do). With lazy upstream connections mitmproxy
+    # answers with what the upstream will speak; either way the call is metered.
+    d = shared_daemon
+    mark = d.mark()
+    with d.client(http2=True) as http:
+        replies = [
+            http.post(ANTHROPIC, json=messages_body(stream), headers=knobs(usage=json.dumps(USAGE)))
+            for stream in (True, False)
+        ]
+    assert all(r.http_version in ("HTTP/1.1", "HTTP/2") for r in replies)
+    assert "message_stop" in replies[0].text and replies[1].json()["usage"]["output_tokens"] == 7
+    rows = d.wait_rows(2, since=mark)
+    assert [(r["stream"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (1, 50, 7),
+        (0, 50, 7),
+    ]

@@ -42,6 +42,9 @@ from halton_meter.store.model import Row
 # The request body is kept (decoded) up to this size to read its model and stream flag.
 REQUEST_KEEP_LIMIT = 4 * 1024 * 1024
 METADATA_KEY = "halton_meter"
+API_EQUIVALENT_NOTE = "api-equivalent"
+# Claude subscription (Claude Code logged in with claude.ai) sends an OAuth bearer token.
+_OAUTH_TOKEN_PREFIX = "bearer sk-ant-oat"
 
 
 class RowSink(Protocol):
@@ -121,6 +124,7 @@ class Capture:
             model=endpoint.path_model,
             stream=endpoint.path_stream,
         )
+        row.api_equivalent = _is_subscription(endpoint.provider, req.headers)
         reader = BodyReader(
             content_encoding=req.headers.get("content-encoding", ""),
             keep_limit=REQUEST_KEEP_LIMIT,
@@ -329,6 +333,9 @@ class Capture:
         row.cost_usd = result.cost_usd
         row.priced = bool(result.priced)
         row.price_note = result.note
+        if row.priced and row.api_equivalent:
+            # Subscription traffic: what it would cost on the API, not money spent.
+            row.price_note = API_EQUIVALENT_NOTE
 
     def _count_parse_errors(
         self, row: Row, req: BodyReader, resp: BodyReader, usage: Usage | None
@@ -361,3 +368,10 @@ def _apply_usage(row: Row, usage: Usage) -> None:
 def _content_length(headers: http.Headers) -> int | None:
     value = headers.get("content-length", "").strip()
     return int(value) if value.isdigit() else None
+
+
+def _is_subscription(provider: str, headers: http.Headers) -> bool:
+    """An Anthropic call authorised by a subscription's OAuth token rather than an API key."""
+    if provider != "anthropic" or "x-api-key" in headers:
+        return False
+    return headers.get("authorization", "").lower().startswith(_OAUTH_TOKEN_PREFIX)
