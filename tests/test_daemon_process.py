@@ -335,3 +335,34 @@ def test_proxy_variables_are_not_honoured(hm_home: Path, provider_sim: ProviderS
         assert row["status"] == 200 and row["error"] is None
     finally:
         assert handle.stop() == 0
+
+
+def test_invalid_config_exits_with_the_bad_file_code(
+    hm_home: Path, provider_sim: ProviderSim
+) -> None:
+    handle = start_daemon(
+        hm_home, provider_sim, config_text="[capture]\nbody_max_bytes = -5\n", wait=False
+    )
+    try:
+        rc = handle.proc.wait(30)
+    finally:
+        handle.stop()
+    assert rc == 3
+    err = handle.stderr()
+    assert "body_max_bytes" in err and "Traceback" not in err
+
+
+def test_corrupt_database_exits_with_a_clear_message(
+    hm_home: Path, provider_sim: ProviderSim
+) -> None:
+    db = hm_home / "db.sqlite"
+    db.write_bytes(b"this is not a database" * 100)
+    handle = start_daemon(hm_home, provider_sim, wait=False)
+    try:
+        rc = handle.proc.wait(30)
+    finally:
+        handle.stop()
+    assert rc == 3
+    err = handle.stderr()
+    assert str(db) in err and "Traceback" not in err
+    assert db.read_bytes().startswith(b"this is not a database")  # never recreated

@@ -41,6 +41,7 @@ from halton_meter.daemon.lifecycle import Lifecycle
 from halton_meter.daemon.roots import build_upstream_bundle
 from halton_meter.daemon.stats import Stats
 from halton_meter.store.bodies import BodyStore
+from halton_meter.store.db import StoreError
 from halton_meter.store.writer import RowWriter
 
 # Bodies above this are streamed by mitmproxy itself (non-model calls on provider hosts);
@@ -60,10 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_mitmproxy_logging()
     try:
         return asyncio.run(_serve(args.port))
-    except HaltonError as exc:
+    except (HaltonError, StoreError) as exc:
+        # A clear message and the documented exit code, never a traceback.
         log.error("daemon.start_failed", error=str(exc))
         print(str(exc), file=sys.stderr, flush=True)
-        return exc.exit_code
+        return int(exc.exit_code)
     except KeyboardInterrupt:
         return 0
 

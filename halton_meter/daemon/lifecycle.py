@@ -40,6 +40,7 @@ class Lifecycle:
         self.capture = capture
         self.cloud_sync = cloud_sync  # has run_forever(stop_event): runs in a thread
         self.bind_error: str | None = None
+        self._listening = False
         self._task: asyncio.Task[None] | None = None
         self._cloud_stop = threading.Event()
         self._cloud_thread: threading.Thread | None = None
@@ -62,6 +63,7 @@ class Lifecycle:
             ctx.master.shutdown()
             return
         port = int(addrs[0][1])
+        self._listening = True
         info = {
             "pid": os.getpid(),
             "port": port,
@@ -109,9 +111,9 @@ class Lifecycle:
         self.capture.done()
         flushed = self.writer.flush(timeout=10.0)
         self.writer.close()
-        with contextlib.suppress(Exception):
-            self._publish()
-        if self.bind_error is None:
+        if self._listening:
+            with contextlib.suppress(Exception):
+                self._publish()
             with contextlib.suppress(FileNotFoundError):
                 self.health_path.unlink()
         log.info(
