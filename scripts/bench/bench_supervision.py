@@ -77,7 +77,7 @@ def _measure(home: Any) -> dict[str, Any]:
     from halton_meter.service import control
     from halton_meter.service.rpc import program_infos
 
-    result: dict[str, Any] = {"recovery_s": {}}
+    result: dict[str, Any] = {"recovery_s": {}, "loadavg_1m": round(os.getloadavg()[0], 2)}
     t0 = time.monotonic()
     outcome = control.start(home)
     if not outcome.ok:
@@ -151,6 +151,8 @@ def main() -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
+            # other work on the machine inflates start (four interpreters import at once)
+            "loadavg_1m_at_each_start": [r["loadavg_1m"] for r in runs],
         },
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
