@@ -11,6 +11,7 @@ status None) or, for flows still in flight, when the daemon shuts down.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -277,8 +278,10 @@ class Capture:
         row.latency_ms = round(((ended_at or time.time()) - state.started) * 1000, 3)
         req_reader, resp_reader = state.request, state.response
         row.request_bytes = req_reader.wire_bytes
-        request_body = req_reader.complete_body
-        head = request_body if request_body is not None else bytes(req_reader.kept)
+        # Parsed once, reduced to the fields the endpoint helpers read (each of them would
+        # otherwise parse a long conversation again, on the event loop).
+        request_body = _request_essentials(req_reader.complete_body)
+        head = bytes(req_reader.kept) if request_body is None else b""
         asked_stream = state.endpoint.request_stream(request_body) or (
             request_body is None and sniff_stream(head)
         )
@@ -375,3 +378,18 @@ def _is_subscription(provider: str, headers: http.Headers) -> bool:
     if provider != "anthropic" or "x-api-key" in headers:
         return False
     return headers.get("authorization", "").lower().startswith(_OAUTH_TOKEN_PREFIX)
+
+
+def _request_essentials(body: bytes | None) -> bytes | None:
+    """``{"model", "stream"}`` of a JSON request body, re-encoded small; None if not JSON."""
+    if body is None:
+        return None
+    if not body:
+        return b""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict):
+        return b""
+    return json.dumps({k: obj[k] for k in ("model", "stream") if k in obj}).encode()
