@@ -472,3 +472,25 @@ def test_client_offering_http2_is_metered(shared_daemon: DaemonHandle) -> None:
         (1, 50, 7),
         (0, 50, 7),
     ]
+
+
+def test_undecodable_body_never_breaks_the_call(shared_daemon: DaemonHandle) -> None:
+    # The request claims gzip but is plain JSON: our decoder fails, the bytes still reach the
+    # provider unchanged, the row is written and the failure counted.
+    d = shared_daemon
+    mark, before = d.mark(), len(d.sim.requests)
+    errors_before = _parse_errors(d)
+    raw = json.dumps(messages_body(False)).encode()
+    with d.client() as http:
+        resp = http.post(
+            ANTHROPIC,
+            content=raw,
+            headers={**knobs(usage=json.dumps(USAGE)), "content-encoding": "gzip",
+                     "content-type": "application/json"},
+        )  # fmt: skip
+    assert resp.status_code == 200
+    rec = d.sim.wait_for_requests(before + 1, completed=False)[before]
+    assert rec.body_size == len(raw)
+    [row] = d.wait_rows(1, since=mark)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 50, 7)
+    _wait_stat(d, "parse_errors", errors_before + 1)
