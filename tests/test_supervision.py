@@ -193,14 +193,22 @@ def test_cli_start_and_stop(meter: Meter) -> None:
     assert not our_processes(meter.home)
 
 
+@pytest.mark.parametrize(
+    ("crash_after", "deadline_s", "why"),
+    [("0", 25.0, "keeps exiting"), ("2.5", 8.0, "not healthy after 8s")],
+    ids=["exits-at-once-fatal", "exits-after-startsecs-loops"],
+)
 def test_start_says_why_when_a_program_cannot_come_up(
-    meter: Meter, monkeypatch: pytest.MonkeyPatch
+    meter: Meter, monkeypatch: pytest.MonkeyPatch, crash_after: str, deadline_s: float, why: str
 ) -> None:
     pin_free_ports(meter.home)
-    monkeypatch.setenv("HALTON_METER_TEST_CMD_DAEMON", standin("daemon", "--crash-after", "0"))
-    outcome = control.start(meter.home, deadline_s=25)
+    monkeypatch.setenv(
+        "HALTON_METER_TEST_CMD_DAEMON", standin("daemon", "--crash-after", crash_after)
+    )
+    outcome = control.start(meter.home, deadline_s=deadline_s)
     assert not outcome.ok
-    assert "daemon" in outcome.message and "daemon.err.log" in outcome.message
+    assert why in outcome.message
+    assert "daemon.err.log" in outcome.message
     assert "crashing on purpose" in outcome.message
 
 

@@ -106,6 +106,7 @@ def _failure(home: Home, why: str, program: str | None) -> Outcome:
 def wait_ready(home: Home, deadline_s: float, entry: subprocess.Popen[bytes] | None) -> Outcome:
     deadline = time.monotonic() + deadline_s
     missing: list[str] = ["nothing checked yet"]
+    infos: dict[str, ProgramInfo] | None = None
     while time.monotonic() < deadline:
         infos = program_infos(home)
         failed = _failed_program(infos)
@@ -124,7 +125,21 @@ def wait_ready(home: Home, deadline_s: float, entry: subprocess.Popen[bytes] | N
         else:
             missing = ["supervisord does not answer on " + str(home.socket)]
         time.sleep(_POLL_S)
-    return _failure(home, f"not healthy after {deadline_s:.0f}s: " + "; ".join(missing), None)
+    why = f"not healthy after {deadline_s:.0f}s: " + "; ".join(missing)
+    return _failure(home, why, _culprit(infos, missing))
+
+
+def _culprit(infos: dict[str, ProgramInfo] | None, missing: list[str]) -> str | None:
+    """The program whose log explains a start that timed out: one not RUNNING, else one that
+    does not answer."""
+    for name in PROGRAM_ORDER:
+        info = (infos or {}).get(name)
+        if info is not None and info.state != "RUNNING":
+            return name
+    for name in PROGRAM_ORDER:
+        if any(m.startswith(f"{name} ") for m in missing):
+            return name
+    return None
 
 
 # --- start / stop -------------------------------------------------------------------------
