@@ -78,6 +78,7 @@ def test_never_started_fails_with_start_and_agrees_with_status(machine: Machine)
     assert sup["status"] == "fail" and sup["fix"] == "halton-meter start"
     assert sup["reasons"] == ["not_running"]
     assert row(doc, "programs")["status"] == "skip"
+    assert sorted(machine.meter.iterdir()) == []  # doctor never writes into the home
     status = subprocess.run(
         [*HM, "status", "--json"],
         cwd=REPO,

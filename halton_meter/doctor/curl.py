@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -114,10 +115,29 @@ def probe_with_curl(curl: str, proxy: str, ca_cert: Path, url: str, timeout: flo
     status, from_mitm = _parse_headers(head)
     if not status and len(fields) > 3 and fields[3].isdigit():
         status = int(fields[3])
-    error = done.stderr.strip().splitlines()[-1] if done.returncode and done.stderr.strip() else ""
+    error = next((ln for ln in done.stderr.splitlines() if ln.startswith("curl: (")), "")
     if done.returncode and not error:
         error = f"curl exited {done.returncode}"
-    return Probe("curl", times[0], times[1], times[2], status, from_mitm, error, done.returncode)
+    connect = times[0]
+    if done.returncode and not connect and done.returncode not in _NO_PROXY_CONNECT:
+        # curl reports no times for a failed transfer; it did get past the edge's accept.
+        connect = _time_connect(proxy)
+    return Probe("curl", connect, times[1], times[2], status, from_mitm, error, done.returncode)
+
+
+# curl exit codes that mean the proxy itself was not reached: resolve, connect, timeout.
+_NO_PROXY_CONNECT = (5, 7, 28)
+
+
+def _time_connect(proxy: str) -> float:
+    """Seconds a TCP connection to the proxy takes (0.0 when it is refused)."""
+    parts = urlsplit(proxy)
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=2):
+            return max(time.monotonic() - t0, 1e-6)
+    except OSError:
+        return 0.0
 
 
 def probe_with_httpx(proxy: str, ca_cert: Path, url: str, timeout: float) -> Probe:
@@ -142,7 +162,9 @@ def probe_with_httpx(proxy: str, ca_cert: Path, url: str, timeout: float) -> Pro
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
     connect = events.get("connection.connect_tcp.complete", 0.0)
-    tls = events.get("connection.start_tls.complete", 0.0)
+    # Through a proxy httpcore names it "proxy.start_tls"; the last response headers are
+    # the provider's (the first are the CONNECT's).
+    tls = max((v for k, v in events.items() if k.endswith("start_tls.complete")), default=0.0)
     first = max(
         (v for k, v in events.items() if k.endswith("receive_response_headers.complete")),
         default=0.0,
