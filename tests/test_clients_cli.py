@@ -26,7 +26,13 @@ from fixtures_clients import (
     py_clients_venv,
 )
 
-SECRETS = ("sk-ant-api03-cli", "sk-cli-openai", "AIza-cli-gemini", "sk-codex-cli")
+SECRETS = (
+    "sk-ant-api03-cli",
+    "sk-cli-openai",
+    "AIza-cli-gemini",
+    "sk-codex-cli",
+    "sk-ant-oat01-cli",
+)
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +263,29 @@ def test_claude_code_only_model_calls_are_rows(stack: MeterStack) -> None:
         assert row["model"] == rec.model and row["stream"] == 1
         assert row["output_tokens"] == rec.usage["message_delta"]["output_tokens"]
         assert row["api_equivalent"] == 0  # an API key: real spend
+    _no_secrets(rows)
+
+
+def test_claude_code_subscription_is_api_equivalent(stack: MeterStack) -> None:
+    # Logged in with a subscription: an OAuth bearer token (sk-ant-oat...) and an
+    # anthropic-beta oauth-... header instead of x-api-key.
+    claude = heavy_node_modules() / ".bin" / "claude"
+    mark, before = stack.mark(), len(stack.sim.requests)
+    out = stack.run(
+        [str(claude), "-p", "say hi", "--model", "claude-sonnet-4-5"],
+        CLAUDE_CODE_OAUTH_TOKEN="sk-ant-oat01-cli",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    model_calls = [r for r in stack.sim.requests[before:] if r.api == "anthropic.messages"]
+    assert model_calls
+    assert all(r.headers["authorization"] == "Bearer sk-ant-oat01-cli" for r in model_calls)
+    assert all("oauth-" in r.headers.get("anthropic-beta", "") for r in model_calls)
+    assert all("x-api-key" not in r.headers for r in model_calls)
+    rows = stack.rows_since(mark, len(model_calls))
+    assert len(rows) == len(model_calls)
+    for row in rows:
+        assert (row["tool"], row["api_equivalent"], row["priced"]) == ("claude-code", 1, 1)
+        assert row["price_note"] == "api-equivalent" and row["cost_usd"] is not None
     _no_secrets(rows)
 
 
