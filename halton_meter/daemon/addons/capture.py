@@ -1,11 +1,19 @@
 """The core addon: one row per model call, read on the side of a pass-through stream.
 
 Non-model traffic on provider hosts (count_tokens, model lists, Claude Code's /api/* calls)
-passes untouched and makes no row. For a model call the request and response bodies are
-streamed through :class:`Tee` callables: every chunk goes on to its peer at once, a copy
-is decoded and parsed here. The row is written when the response ends (``b""`` to the tee,
-or the ``response`` hook), when the flow errors (client abort: partial; upstream down:
-status None) or, for flows still in flight, when the daemon shuts down.
+passes untouched and makes no row. For a model call:
+
+- the request body: up to 4 MiB with a known length, mitmproxy buffers it and the
+  ``request`` hook reads it (so the model is known even when the upstream is down); larger
+  or of unknown length, it is streamed on through a :class:`Tee`, never held whole;
+- the response body always goes through a :class:`Tee`: every chunk goes on to the client
+  at once, a copy is decoded and parsed;
+- all metering work (decode, parse, body files, pricing, the row) is queued with
+  ``loop.call_soon``: it runs right after mitmproxy has forwarded the chunk, in order.
+
+The row is written when the response ends (``b""`` to the tee, or the ``response`` hook),
+when the flow errors (client abort or upstream cut: partial; upstream down: status None)
+or, for flows still in flight, when the daemon shuts down (partial).
 """
 
 from __future__ import annotations
