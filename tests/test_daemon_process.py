@@ -366,3 +366,24 @@ def test_corrupt_database_exits_with_a_clear_message(
     err = handle.stderr()
     assert str(db) in err and "Traceback" not in err
     assert db.read_bytes().startswith(b"this is not a database")  # never recreated
+
+
+def test_placeholder_cloud_base_url_is_healed_at_boot(
+    hm_home: Path, provider_sim: ProviderSim
+) -> None:
+    config = (
+        sim_config(provider_sim) + '[cloud]\n# keep me\nbase_url = "https://api.haltonmeter.test"\n'
+    )
+    handle = start_daemon(hm_home, provider_sim, config_text=config)
+    try:
+        text = (hm_home / "config.toml").read_text()
+        assert 'base_url = "https://api.haltonmeter.com"' in text and "# keep me" in text
+        assert handle.stderr().count('"config.base_url.healed"') == 1
+    finally:
+        assert handle.stop() == 0
+    # The next boot finds nothing to heal and says nothing.
+    again = start_daemon(hm_home, provider_sim, config_text=(hm_home / "config.toml").read_text())
+    try:
+        assert again.stderr().count('"config.base_url.healed"') == 1
+    finally:
+        assert again.stop() == 0

@@ -24,7 +24,7 @@ from mitmproxy import options as mitm_options
 from mitmproxy.master import Master
 
 from halton_meter.core.bindguard import check_bind_host
-from halton_meter.core.config import Config, load_config
+from halton_meter.core.config import Config, heal_placeholder_base_url, load_config
 from halton_meter.core.errors import EXIT_FAILURE, HaltonError
 from halton_meter.core.fsutil import ensure_dir
 from halton_meter.core.logging import configure_logging
@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(port_override: int | None) -> int:
     home = Home.resolve().ensure()
+    # A placeholder [cloud] base_url (.test, .example, ...) never resolves: heal it at boot
+    # (logged once, idempotent) so a daemon started without the watchdog heals too.
+    heal_placeholder_base_url(home)
     config = load_config(home)
     check_bind_host(config.listen_host, "listen_host")
     port = port_override if port_override is not None else load_effective_ports(home).daemon
