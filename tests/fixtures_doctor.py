@@ -35,13 +35,9 @@ def machine_env(machine: Machine, **env: str) -> dict[str, str]:
     return full
 
 
-def doctor(
-    machine: Machine, *args: str, drop: tuple[str, ...] = (), **env: str
-) -> tuple[int, dict[str, Any]]:
+def doctor(machine: Machine, *args: str, **env: str) -> tuple[int, dict[str, Any]]:
     """`halton-meter doctor --json` as a subprocess in ``machine``; (exit code, document)."""
     full = machine_env(machine, **env)
-    for key in drop:
-        full.pop(key, None)
     out = subprocess.run(
         [*HM, "doctor", "--json", *args],
         cwd=REPO,

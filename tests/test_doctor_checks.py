@@ -373,7 +373,9 @@ case "$1" in
   setenv) printf '%s' "$3" > "$d/$2";;
   unsetenv) rm -f "$d/$2";;
   getenv) [ -f "$d/$2" ] && cat "$d/$2" && exit 0; exit 1;;
-  print) exit 1;;
+  print) [ -f "$d/.loaded" ] && exit 0; exit 113;;
+  bootstrap) touch "$d/.loaded";;
+  bootout) rm -f "$d/.loaded";;
 esac
 exit 0"""
 
@@ -697,3 +699,138 @@ def test_legacy_gui_sentinel(machine: Machine) -> None:
     assert row(doc, "sentinel")["status"] == "ok"
     drift = row(doc, "surface_drift")  # apps, but no rc block or session env written
     assert drift["status"] == "warn" and drift["fix"].startswith("halton-meter init --apps")
+
+
+def _mac(machine: Machine) -> dict[str, str]:
+    return {
+        "HALTON_METER_PLATFORM": "darwin",
+        "PATH": f"{machine.bin}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+def test_persistence_across_reboot_launchd(machine: Machine) -> None:
+    state = machine.root / "launchd-env"
+    write_exe(machine.bin / "launchctl", _LAUNCHCTL.format(state=state))
+    mac = _mac(machine)
+    _, doc = doctor(machine, **mac)
+    missing = row(doc, "persistence")
+    plist = machine.home / "Library" / "LaunchAgents" / "com.haltonlabs.meter.plist"
+    assert missing["status"] == "warn" and str(plist) in missing["summary"]
+    assert missing["fix"] == "halton-meter uninstall && halton-meter init --apps"
+
+    subprocess.run(  # the real install code (bootout + bootstrap through the stand-in)
+        [
+            PYTHON,
+            "-c",
+            "from halton_meter.service import launchd; from halton_meter.core.paths import Home; "
+            "launchd.install_unit(Home.resolve())",
+        ],
+        cwd=REPO,
+        env=machine_env(machine, **mac),
+        check=True,
+    )
+    _, doc = doctor(machine, **mac)
+    assert row(doc, "persistence")["status"] == "ok"
+
+    (state / ".loaded").unlink()  # booted out
+    _, doc = doctor(machine, **mac)
+    unloaded = row(doc, "persistence")
+    assert unloaded["status"] == "warn" and "not loaded" in unloaded["summary"]
+    assert unloaded["fix"] == f"launchctl bootstrap gui/{os.getuid()} {plist}"
+    after = _fix_then_doctor(machine, unloaded["fix"], **mac)
+    assert row(after, "persistence")["status"] == "ok"
+
+
+_SECURITY = """d="{state}"
+case "$1" in
+  verify-cert) exit "$(cat "$d/verify")";;
+  find-certificate) cat "$d/found.pem";;
+esac
+exit 0"""
+
+
+def test_keychain_untrusted_and_replaced_macos(machine: Machine, tmp_path: Path) -> None:
+    from halton_meter.install.modes import write_sentinel
+
+    _hm(machine, "init", "--no-start")  # the CA and the bundle
+    write_sentinel(Home(machine.meter), "apps")
+    cert = machine.meter / "mitmproxy" / "mitmproxy-ca-cert.pem"
+    state = tmp_path / "keychain"
+    state.mkdir()
+    write_exe(machine.bin / "security", _SECURITY.format(state=state))
+    mac = _mac(machine)
+
+    old = tmp_path / "old-ca.pem"
+    _zero_serial_ca(old)
+    (state / "found.pem").write_text(old.read_text())  # only an old mitmproxy CA in there
+    (state / "verify").write_text("1")
+    _, doc = doctor(machine, **mac)
+    replaced = row(doc, "ca_trust")
+    assert replaced["status"] == "fail" and "holds a different (old) CA" in replaced["summary"]
+    assert replaced["fix"] == "security delete-certificate -c mitmproxy; halton-meter init --apps"
+
+    (state / "found.pem").write_text(cert.read_text())  # ours, but marked "Never Trust"
+    _, doc = doctor(machine, **mac)
+    untrusted = row(doc, "ca_trust")
+    assert untrusted["status"] == "fail"
+    assert "not trusted (security verify-cert exited 1)" in untrusted["summary"]
+    assert untrusted["fix"] == (
+        f"halton-meter init --apps   # then: security verify-cert -c {cert} -p ssl "
+        "(exit 0 = trusted)"
+    )
+    (state / "verify").write_text("0")
+    _, doc = doctor(machine, **mac)
+    assert row(doc, "ca_trust")["status"] == "ok"
+
+
+def test_elevation_without_root(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not root: the real sudo stand-in (no cached credentials) answers `sudo -n true`."""
+    from halton_meter.doctor import deep_checks, deep_facts
+
+    for key, value in machine.standins("sudo").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(deep_facts.os, "geteuid", lambda: 1000)
+    view = deep_facts.elevation_view()
+    assert view.how is None
+    assert ["sudo", "-n", "true"] in machine.calls()
+    finding = deep_checks.check_elevation(_with_elevation(view))  # type: ignore[arg-type]
+    assert finding.status == "ok"
+    assert finding.summary.startswith(
+        "--non-interactive cannot elevate: osascript unavailable and sudo not pre-cached"
+    )
+    assert finding.fix == "sudo -v && halton-meter init --apps --non-interactive"
+    write_exe(machine.bin / "sudo", 'if [ "$1" = "-n" ]; then exit 0; fi; exit 1')  # sudo -v ran
+    cached = deep_facts.elevation_view()
+    assert cached.how == "sudo"
+
+
+def _with_elevation(view: object) -> object:
+    class _Facts:
+        elevation = view
+
+    return _Facts()
+
+
+def test_render_colours_rows_on_a_terminal() -> None:
+    from halton_meter.doctor.doctor import render
+
+    doc = {
+        "state": "INCONSISTENT",
+        "checks": [
+            {"id": "a", "status": "ok", "summary": "fine", "fix": None},
+            {"id": "bb", "status": "warn", "summary": "amber", "fix": "do x\ndo y"},
+            {"id": "c", "status": "fail", "summary": "red", "fix": "do z"},
+        ],
+    }
+    plain = render(doc).splitlines()
+    assert plain[0] == "state: INCONSISTENT"
+    assert plain[2:] == [
+        "ok    a   fine",
+        "WARN  bb  amber",
+        "          fix: do x",
+        "               do y",
+        "FAIL  c   red",
+        "          fix: do z",
+    ]
+    coloured = render(doc, color=True)
+    assert "\x1b[33m" in coloured and "\x1b[31m" in coloured and "\x1b[32m" in coloured

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import typer
 
@@ -34,7 +35,7 @@ def doctor(
     if as_json:
         typer.echo(json.dumps(document, indent=2))
     else:
-        typer.echo(render(document))
+        typer.echo(render(document, color=sys.stdout.isatty()))
     raise typer.Exit(exit_code(str(document["state"])))
 
 

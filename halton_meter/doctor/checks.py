@@ -379,8 +379,8 @@ def check_client_proxy_port(client: ClientFacts) -> list[Reason]:
                 f"{name}={value} in this shell names port {port}, but the edge listens on "
                 f"{client.edge_port}.",
                 INCONSISTENT,
-                "open a new terminal (or: halton-meter run <cmd>); if new shells still show "
-                f"it, {_init_for(client.mode)}",
+                "exec $SHELL   # or open a new terminal, or use halton-meter run <cmd>; if "
+                f"new shells still show it: {_init_for(client.mode)}",
             )
         ]
     return []

@@ -168,13 +168,22 @@ def build_doctor(
 _LABELS = {OK: "ok", WARN: "WARN", FAIL: "FAIL", SKIP: "skip"}
 
 
-def render(document: Mapping[str, Any]) -> str:
+_COLORS = {OK: "green", WARN: "yellow", FAIL: "red", SKIP: "bright_black"}
+
+
+def render(document: Mapping[str, Any], *, color: bool = False) -> str:
+    """One line per row (ok, WARN, FAIL, skip), its fix under it; amber and red on a TTY."""
+    import typer
+
     checks = document.get("checks") or []
     width = max((len(str(c["id"])) for c in checks), default=10)
     lines = [f"state: {document.get('state')}", ""]
     for check in checks:
-        label = _LABELS.get(str(check["status"]), str(check["status"]))
-        lines.append(f"{label:<4}  {check['id']:<{width}}  {check['summary']}")
+        status = str(check["status"])
+        label = f"{_LABELS.get(status, status):<4}"
+        if color and status in _COLORS:
+            label = typer.style(label, fg=_COLORS[status], bold=status in (WARN, FAIL))
+        lines.append(f"{label}  {check['id']:<{width}}  {check['summary']}")
         if check.get("fix"):
             for i, fix in enumerate(str(check["fix"]).splitlines()):
                 prefix = "fix: " if i == 0 else "     "
