@@ -73,6 +73,18 @@ def test_log_tail_counts_every_exit_even_many_between_reads(tmp_path: Path) -> N
     assert [e.program for e in tail.read_events() or []] == ["api"]
 
 
+def test_log_tail_starts_after_this_supervisords_start(tmp_path: Path) -> None:
+    log = tmp_path / "supervisord.log"
+    start = "2026-12-04 20:21:56,375 INFO supervisord started with pid {}\n"
+    log.write_text(start.format(7) + _line("edge") + start.format(9) + _line("api"))
+    tail = LogTail(log)
+    tail.start_after("supervisord started with pid 9")
+    assert [e.program for e in tail.read_events() or []] == ["api"]
+    other = LogTail(log)
+    other.start_after("supervisord started with pid 12345")  # not found: from the end
+    assert other.read_events() == []
+
+
 def test_log_tail_follows_rotation_and_resumes_from_position(tmp_path: Path) -> None:
     log = tmp_path / "supervisord.log"
     log.write_text(_line("daemon"))
@@ -154,7 +166,10 @@ def _watchdog(hm_home: Path, rpc: FakeRPC, clock: Clock) -> Watchdog:
     (hm_home / "config.toml").write_text("[watchdog]\nloop_exits = 3\nloop_window_s = 60\n")
     home = Home.resolve()
     home.ensure()
-    home.supervisord_log.write_text("")
+    # an older session's exits, then this supervisord's start: counting begins after it
+    home.supervisord_log.write_text(
+        _line("daemon") * 4 + "2026-12-04 20:21:56,375 INFO supervisord started with pid 1\n"
+    )
     return Watchdog(
         home, rpc=rpc, clock=clock, prober=lambda n, p: ProbeResult(True), watch_files=False
     )

@@ -64,6 +64,25 @@ class LogTail:
         self.inode = inode
         self.offset = offset
 
+    def start_after(self, marker: str) -> None:
+        """Start just after the last line containing ``marker`` (this supervisord's start), so
+        exits between its start and ours are counted; at the end when it is not found."""
+        try:
+            with self.path.open("rb") as fh:
+                st = os.fstat(fh.fileno())
+                base = max(0, st.st_size - _READ_MAX)
+                fh.seek(base)
+                data = fh.read(_READ_MAX)
+        except OSError:
+            return
+        at = data.rfind(marker.encode())
+        if at < 0:
+            self.inode, self.offset = st.st_ino, st.st_size
+            return
+        end = data.find(b"\n", at)
+        self.inode = st.st_ino
+        self.offset = base + (end + 1 if end >= 0 else len(data))
+
     def start_at_end(self) -> None:
         try:
             st = self.path.stat()

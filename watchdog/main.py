@@ -71,8 +71,7 @@ class Watchdog:
         self.state.setdefault("ports_renegotiated", [])
         position = self.state.get("log") or {}
         self.tail = LogTail(home.supervisord_log, position.get("inode"), position.get("offset"))
-        if not position:
-            self.tail.start_at_end()
+        self._fresh_tail = not position
         self.poll_counter = PollCounter()
         self.detectors = {
             name: ld.LoopDetector(
@@ -153,6 +152,9 @@ class Watchdog:
             infos = list(self.rpc.getAllProcessInfo())
             if self.supervisord_pid is None:
                 self.supervisord_pid = int(self.rpc.getPID())
+                if self._fresh_tail:  # first run in this home: from this supervisord's start
+                    self.tail.start_after(f"supervisord started with pid {self.supervisord_pid}")
+                    self._fresh_tail = False
             return infos
         except (OSError, xmlrpc.client.Error, http.client.HTTPException) as exc:
             self.log.warning("watchdog.supervisord_unreachable", error=repr(exc))
