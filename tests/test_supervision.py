@@ -458,15 +458,22 @@ def test_unattended_recovery_after_a_simulated_reboot(meter: Meter) -> None:
 def test_config_edits_invalid_refused_valid_applied_live(meter: Meter) -> None:
     pin_free_ports(meter.home)
     meter.start()
-    wait_until(lambda: meter.state().get("pid"), timeout=10, what="watchdog running")
-    time.sleep(1.0)  # the watcher is armed just after the first state write
     daemon_pid = meter.pid("daemon")
     original = meter.home.config.read_text()
-    meter.home.config.write_text(original + "[capture]\nbody_max_bytes = -5\n")
-    wait_until(
-        lambda: "config.reload_refused" in meter.watchdog_log(), timeout=10, what="refusal logged"
+    edits = iter(range(1000))
+
+    def refused() -> bool:
+        # rewritten until seen: the watcher arms a moment after the watchdog starts
+        meter.home.config.write_text(
+            original + f"# edit {next(edits)}\n[capture]\nbody_max_bytes = -5\n"
+        )
+        return "config.reload_refused" in meter.watchdog_log()
+
+    wait_until(refused, timeout=15, interval=0.5, what="refusal logged")
+    cause: dict[str, str] = wait_until(
+        lambda: meter.state().get("last_cause") or {}, timeout=5, what="cause saved"
     )
-    assert "body_max_bytes" in meter.state()["last_cause"]["error"]
+    assert cause["cause"] == "config.reload_refused" and "body_max_bytes" in cause["error"]
     meter.home.config.write_text(original + "[capture]\nbody_max_bytes = 1024\n")
     hup = meter.home.root / "daemon.hup"
     wait_until(hup.exists, timeout=10, what="daemon got SIGHUP")
