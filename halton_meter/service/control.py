@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -202,9 +203,12 @@ def _start_stopped(home: Home, infos: dict[str, ProgramInfo], deadline_s: float)
         return Outcome(True, f"halton-meter is already running ({home.root})", already=True)
     rpc = supervisor_proxy(home, timeout=30).supervisor
     for name in down:
-        if infos[name].state == "BACKOFF":  # BACKOFF answers ALREADY_STARTED: stop first
-            rpc.stopProcess(name, True)
-        rpc.startProcess(name, False)
+        try:
+            if infos[name].state == "BACKOFF":  # BACKOFF answers ALREADY_STARTED: stop first
+                rpc.stopProcess(name, True)
+            rpc.startProcess(name, False)
+        except xmlrpc.client.Fault:
+            pass  # it changed state meanwhile (the watchdog retried it): wait_ready decides
     outcome = wait_ready(home, deadline_s, None)
     if not outcome.ok:
         return outcome

@@ -15,6 +15,7 @@ from typing import Any
 from supervisor.xmlrpc import SupervisorTransport
 
 from halton_meter.core.paths import Home
+from halton_meter.service.watchdog_state import read_watchdog_state
 
 PROGRAMS = ("daemon", "edge", "api", "watchdog")
 RPC_TIMEOUT_S = 5.0
@@ -91,8 +92,6 @@ def raw_infos(
 
 def program_infos(home: Home | None = None) -> dict[str, ProgramInfo] | None:
     """Per program state; None when supervisord is unreachable. Restarts come from the watchdog."""
-    from halton_meter.service.watchdog_state import read_watchdog_state
-
     home = home or Home.resolve()
     infos = raw_infos(home)
     if infos is None:
