@@ -300,6 +300,9 @@ def test_shell_opened_before_init_and_a_new_terminal(machine: Machine) -> None:
     assert row(new, "new_terminal")["status"] == "ok"
     assert row(new, "git_cainfo")["status"] == "ok"
     assert row(new, "stale_ca")["status"] == "ok"
+    _, doc = doctor(machine, HTTPS_PROXY="http://proxy.corp.example:3128")
+    corp = row(doc, "new_terminal")
+    assert corp["status"] == "warn" and "is another proxy" in corp["summary"]
 
 
 def test_git_without_git_ssl_cainfo(machine: Machine) -> None:
@@ -365,6 +368,25 @@ def test_stale_session_environment_linux(machine: Machine) -> None:
     assert not envd.exists()
     assert row(after, "session_env")["status"] == "ok"
     assert meter_calls(machine) == ["halton-meter stop", "halton-meter init", "halton-meter status"]
+
+
+def test_stale_systemd_user_manager_environment(machine: Machine) -> None:
+    """environment.d is gone, but the user manager still holds what it gave at login."""
+    ports = _ports(machine)
+    state = machine.root / "systemd-state"
+    state.mkdir()
+    write_exe(machine.bin / "systemctl", _SYSTEMCTL.format(state=state))
+    path = {"PATH": f"{machine.bin}{os.pathsep}{os.environ['PATH']}"}
+    _, doc = doctor(machine, **path)
+    assert row(doc, "session_env")["status"] == "ok"
+    (state / "env").write_text(f"LANG=C\nHTTPS_PROXY=http://127.0.0.1:{ports.edge}\n")
+    _, doc = doctor(machine, **path)
+    stale = row(doc, "session_env")
+    assert stale["status"] == "warn"
+    assert "the systemd user manager (systemctl --user show-environment)" in stale["summary"]
+    assert "systemctl --user unset-environment HTTPS_PROXY HTTP_PROXY NO_PROXY" in stale["fix"]
+    after = _fix_then_doctor(machine, stale["fix"], **path)
+    assert row(after, "session_env")["status"] == "ok"
 
 
 # launchctl with state: setenv/getenv/unsetenv on files in a directory.
@@ -578,7 +600,8 @@ def test_non_interactive_elevation_info(machine: Machine) -> None:
 
 _SYSTEMCTL = """d="{state}"
 case "$2" in
-  show-environment) exit 0;;
+  show-environment) [ -f "$d/env" ] && cat "$d/env"; exit 0;;
+  unset-environment) rm -f "$d/env";;
   is-enabled) s=$(cat "$d/enabled" 2>/dev/null || echo disabled); echo "$s"; [ "$s" = enabled ];;
   enable) echo enabled > "$d/enabled";;
   *) exit 0;;

@@ -226,8 +226,17 @@ def check_new_terminal(facts: DoctorFacts) -> Finding:
         return Finding(SKIP, "env-only: shells are not given the proxy (use halton-meter run).")
     env = facts.client.env
     proxy = env.get("HTTPS_PROXY") or env.get("https_proxy")
-    if proxy:
+    if proxy and loopback_port(proxy) is not None:
+        # Another loopback port is the client_proxy_port row's finding.
         return Finding(OK, f"this shell has HTTPS_PROXY={proxy}.")
+    if proxy:
+        return Finding(
+            WARN,
+            f"this shell's HTTPS_PROXY={proxy} is another proxy, not the meter's edge: "
+            "its traffic is not metered.",
+            f"exec {os.path.basename(env.get('SHELL') or 'bash') or 'bash'}   # a new shell "
+            f"reads the rc block (HTTPS_PROXY={_edge_url(facts)}); or: halton-meter run <cmd>",
+        )
     shell = os.path.basename(env.get("SHELL") or "bash") or "bash"
     ide = (
         "quit it completely (Cmd-Q) and relaunch from Spotlight or the Dock, not with `code .`"
@@ -266,7 +275,9 @@ def _session_fix(facts: DoctorFacts) -> str:
     if is_macos():
         clear = "; ".join(f"launchctl unsetenv {var}" for var in SESSION_VARS)
     else:
-        clear = f"rm -f {_q(facts.session_env_source)}; {clear_service_env_fix()}"
+        from halton_meter.platform.session_env import EnvironmentDSessionEnv
+
+        clear = f"rm -f {_q(EnvironmentDSessionEnv.path())}; {clear_service_env_fix()}"
     return f"{clear}; halton-meter stop; halton-meter init; halton-meter status"
 
 

@@ -303,13 +303,26 @@ def _launchd_view(home: Home) -> PersistenceView:
 
 
 def session_env_view() -> tuple[dict[str, str], str]:
+    """The GUI session environment and where it was read. Linux: the environment.d file,
+    else the systemd user manager's environment (it keeps what environment.d gave it at
+    login until the next login, or until `systemctl --user unset-environment`)."""
+    from halton_meter.install.env import CLIENT_VARS
     from halton_meter.platform.session_env import EnvironmentDSessionEnv, session_env
 
     source = "launchctl user domain" if is_macos() else str(EnvironmentDSessionEnv.path())
     try:
-        return session_env().current(), source
+        found = session_env().current()
     except OSError:
-        return {}, source
+        found = {}
+    if is_macos() or found.get("HTTPS_PROXY"):
+        return found, source
+    manager = runner.run(["systemctl", "--user", "show-environment"], timeout=5)
+    if manager.ok:
+        pairs = (line.split("=", 1) for line in manager.stdout.splitlines() if "=" in line)
+        env = {k: v for k, v in pairs if k in CLIENT_VARS}
+        if env.get("HTTPS_PROXY"):
+            return env, "the systemd user manager (systemctl --user show-environment)"
+    return found, source
 
 
 def program_recursion(service: ServiceFacts) -> list[RecursionHit]:
