@@ -333,6 +333,8 @@ def test_watchdog_config_reload_refused_then_live_sighup_or_restart(hm_home: Pat
         ("http://127.0.0.1:8081", True),
         ("http://localhost:8081/", True),
         ("127.0.0.1:8081", True),
+        ("http://[::1]:8081", True),
+        ("http://127.0.0.2:8081", True),
         ("http://127.0.0.1:8090", False),
         ("http://proxy.corp:8081", False),
         ("not a url at all", False),

@@ -8,6 +8,7 @@ preflight never refuses to run as the service it is (the reference's v0.1.5 loop
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from halton_meter.service.env import SCRUBBED
 
 LAUNCHD_LABEL = "com.haltonlabs.meter"
 SYSTEMD_UNIT = "halton-meter.service"
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "[::1]"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,18 @@ def points_at(value: str, port: int) -> bool:
         host, their_port = (parts.hostname or "").lower(), parts.port
     except ValueError:
         return False
-    return (host in _LOOPBACK_NAMES or host.startswith("127.")) and their_port == port
+    return _this_machine(host) and their_port == port
+
+
+def _this_machine(host: str) -> bool:
+    """Loopback, or the unspecified address (a connect to it lands on this machine too)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def proxy_recursion(env: Mapping[str, str], edge_port: int) -> list[tuple[str, str]]:
