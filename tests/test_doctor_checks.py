@@ -857,3 +857,14 @@ def test_render_colours_rows_on_a_terminal() -> None:
     ]
     coloured = render(doc, color=True)
     assert "\x1b[33m" in coloured and "\x1b[31m" in coloured and "\x1b[32m" in coloured
+
+
+def test_corrupt_config_and_store_are_rows_not_crashes(machine: Machine) -> None:
+    (machine.meter / "config.toml").write_text("listen_host = [unclosed\n")
+    (machine.meter / "db.sqlite").write_bytes(b"not a database" * 100)
+    code, doc = doctor(machine)
+    config = row(doc, "config")
+    assert config["status"] == "fail" and config["reasons"] == ["config_invalid"]
+    store = row(doc, "unattributed")
+    assert store["status"] == "skip" and "cannot read" in store["summary"]
+    assert code == 2

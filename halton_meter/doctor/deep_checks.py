@@ -165,6 +165,12 @@ def check_unattributed(facts: DoctorFacts) -> Finding:
     count = facts.misc_rows
     if count is None:
         return Finding(OK, "no database yet: nothing to attribute.")
+    if isinstance(count, str):
+        return Finding(
+            SKIP,
+            f"cannot read {facts.home.db}: {count}.",
+            f"{_q(sys.executable)} -m halton_meter report   # says what is wrong with the store",
+        )
     if count == 0:
         return Finding(OK, "every row is attributed to a project.")
     scripts = ("backfill_misc_attribution", "backfill_body_paths")

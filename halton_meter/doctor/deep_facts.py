@@ -84,7 +84,7 @@ class DoctorFacts:
     config: ConfigView
     guard_hits: list[GuardHit]
     body_skips: int
-    misc_rows: int | None  # None: no database (or it cannot be read)
+    misc_rows: int | str | None  # None: no database; str: why it cannot be read
     trust: TrustView
     elevation: ElevationView
     persistence: PersistenceView
@@ -144,17 +144,18 @@ def guard_hits(home: Home) -> list[GuardHit]:
 # -- the store -------------------------------------------------------------------------------
 
 
-def misc_rows(home: Home) -> int | None:
+def misc_rows(home: Home) -> int | str | None:
+    """Rows with tier misc; None without a database; the error text when it cannot be read."""
     if not home.db.exists():
         return None
     try:
         conn = sqlite3.connect(f"file:{home.db}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
-        return None
+    except sqlite3.Error as exc:
+        return str(exc)
     try:
         return int(conn.execute("SELECT count(*) FROM requests WHERE tier = 'misc'").fetchone()[0])
-    except sqlite3.Error:
-        return None
+    except sqlite3.Error as exc:
+        return str(exc)
     finally:
         conn.close()
 
