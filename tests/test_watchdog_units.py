@@ -118,6 +118,7 @@ class FakeRPC:
         self.states = {n: "RUNNING" for n in ("daemon", "edge", "api", "watchdog")}
         self.already_started_once = False
         self.pids: dict[str, int] = {}
+        self.started = int(time.time()) - 100
 
     def getPID(self) -> int:  # noqa: N802 - XML-RPC name
         return 1
@@ -129,7 +130,7 @@ class FakeRPC:
                 "name": n,
                 "statename": s,
                 "pid": self.pids.get(n, 0),
-                "start": now - 100,
+                "start": self.started,
                 "stop": 0,
                 "now": now,
             }
@@ -463,3 +464,18 @@ def test_old_exits_from_a_previous_session_are_counted_but_never_loop(hm_home: P
     dog.step()
     assert dog.state["exits"]["daemon"] == 6
     assert rpc.calls == [] and dog.detectors["daemon"].state == ld.STABLE
+
+
+def test_watchdog_falls_back_to_polling_when_the_log_is_unreadable(hm_home: Path) -> None:
+    rpc, clock = FakeRPC(), Clock()
+    dog = _watchdog(hm_home, rpc, clock)
+    dog.step()
+    Home.resolve().supervisord_log.unlink()
+    base = rpc.getAllProcessInfo
+
+    def restarted() -> list[dict[str, Any]]:
+        return [{**i, "start": i["start"] + 50} if i["name"] == "edge" else i for i in base()]
+
+    rpc.getAllProcessInfo = restarted  # type: ignore[method-assign]
+    dog.step()
+    assert dog.state["exits"] == {"edge": 1}
