@@ -1,7 +1,8 @@
-"""Package list lives here only because two folders ship under other import names.
+"""Package list and data live here because three folders ship under other import names.
 
-watchdog/ ships as `halton_watchdog` (that name cannot shadow the PyPI `watchdog` library)
-and config/ (the shipped, commented defaults) as `halton_meter.shipped_config`.
+watchdog/ ships as `halton_watchdog` (that name cannot shadow the PyPI `watchdog` library),
+config/ (the shipped, commented defaults) as `halton_meter.shipped_config`, and
+supervisor.d/ (program templates) as `halton_meter.supervisor_templates`.
 pyproject.toml holds the rest.
 """
 
@@ -13,7 +14,20 @@ _watchdog = ["halton_watchdog"] + [
 ]
 
 setup(
-    packages=[*_meter, *_watchdog, "halton_meter.shipped_config"],
-    package_dir={"halton_watchdog": "watchdog", "halton_meter.shipped_config": "config"},
-    package_data={"halton_meter.shipped_config": ["*.toml"]},
+    packages=[
+        *_meter,
+        *_watchdog,
+        "halton_meter.shipped_config",
+        "halton_meter.supervisor_templates",
+    ],
+    package_dir={
+        "halton_watchdog": "watchdog",
+        "halton_meter.shipped_config": "config",
+        "halton_meter.supervisor_templates": "supervisor.d",
+    },
+    package_data={
+        "halton_meter": ["py.typed", "install/node/*.cjs"],
+        "halton_meter.shipped_config": ["*.toml"],
+        "halton_meter.supervisor_templates": ["*.tmpl"],
+    },
 )

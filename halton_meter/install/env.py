@@ -32,6 +32,9 @@ NODE_CA_VAR = "NODE_EXTRA_CA_CERTS"
 CODEX_CA_VAR = "CODEX_CA_CERTIFICATE"
 NODE_OPTIONS_VAR = "NODE_OPTIONS"
 CLIENT_VARS = (*PROXY_VARS, *CA_VARS, NODE_CA_VAR, CODEX_CA_VAR, NODE_OPTIONS_VAR)
+# What the GUI session environment gets: not NODE_OPTIONS, which cannot be guarded there
+# (a home deleted without `uninstall` would leave every desktop-launched node unable to start).
+SESSION_VARS = tuple(v for v in CLIENT_VARS if v != NODE_OPTIONS_VAR)
 NO_PROXY = "localhost,127.0.0.1,::1"
 NODE_PRELOAD_NAME = "node-preload.cjs"
 
@@ -97,3 +100,11 @@ def client_env(
             ensure_node_preload(home)
     env[NODE_OPTIONS_VAR] = node_require_option(home)
     return env
+
+
+def node_require_option_path(option: str) -> str:
+    """The preload path inside a ``--require <path>`` option (quotes removed)."""
+    path = option.removeprefix("--require ").strip()
+    if path.startswith('"') and path.endswith('"'):
+        path = path[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return path

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from halton_meter.core.fsutil import atomic_write
-from halton_meter.install.env import CLIENT_VARS
+from halton_meter.install.env import CLIENT_VARS, NODE_OPTIONS_VAR, node_require_option_path
 
 BEGIN = "# >>> halton-meter >>>"
 END = "# <<< halton-meter <<<"
@@ -35,12 +35,30 @@ def _quote(value: str) -> str:
 def render_block(shell: str, env: dict[str, str]) -> str:
     lines = [BEGIN, "# Managed by halton-meter init; removed by halton-meter uninstall."]
     for key in CLIENT_VARS:
+        if key == NODE_OPTIONS_VAR:
+            lines.append(_node_options_line(shell, env[key]))
+            continue
         if shell == "fish":
             lines.append(f"set -gx {key} {_quote(env[key])}")
         else:
             lines.append(f"export {key}={_quote(env[key])}")
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _node_options_line(shell: str, option: str) -> str:
+    """Appended to the user's NODE_OPTIONS, and only while the preload file exists: a
+    ``--require`` of a missing file stops every node process from starting."""
+    preload = node_require_option_path(option)
+    if shell == "fish":
+        return (
+            f"test -r {_quote(preload)}; and set -gx NODE_OPTIONS "
+            f'(string trim -- "$NODE_OPTIONS {option}")'
+        )
+    return (
+        f"if [ -r {_quote(preload)} ]; then case \" $NODE_OPTIONS \" in *{_quote(option)}*) ;; "
+        f'*) export NODE_OPTIONS="${{NODE_OPTIONS:+$NODE_OPTIONS }}"{_quote(option)} ;; esac; fi'
+    )
 
 
 def _mode_of(path: Path) -> int:

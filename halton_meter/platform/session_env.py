@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from halton_meter.core.fsutil import atomic_write, ensure_dir
-from halton_meter.install.env import CLIENT_VARS
+from halton_meter.install.env import SESSION_VARS
 from halton_meter.platform import is_macos
 from halton_meter.service import runner
 
@@ -25,16 +25,16 @@ class SessionEnv(Protocol):
 
 class LaunchctlSessionEnv:
     def apply(self, env: dict[str, str]) -> None:
-        for key in CLIENT_VARS:
+        for key in SESSION_VARS:
             runner.run(["launchctl", "setenv", key, env[key]])
 
     def clear(self) -> None:
-        for key in CLIENT_VARS:
+        for key in SESSION_VARS:
             runner.run(["launchctl", "unsetenv", key])
 
     def current(self) -> dict[str, str]:
         found = {}
-        for key in CLIENT_VARS:
+        for key in SESSION_VARS:
             result = runner.run(["launchctl", "getenv", key])
             if result.ok and result.stdout.strip():
                 found[key] = result.stdout.strip()
@@ -51,7 +51,7 @@ class EnvironmentDSessionEnv:
 
     def apply(self, env: dict[str, str]) -> None:
         lines = ["# Written by halton-meter init; removed by halton-meter uninstall."]
-        lines += [f"{key}={env[key]}" for key in CLIENT_VARS]
+        lines += [f"{key}={env[key]}" for key in SESSION_VARS]
         ensure_dir(self.path().parent, 0o755)
         atomic_write(self.path(), "\n".join(lines) + "\n", mode=0o644)
 

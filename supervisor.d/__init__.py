@@ -1,0 +1,1 @@
+"""supervisord program templates, packaged as ``halton_meter.supervisor_templates``."""
