@@ -81,6 +81,7 @@ def test_empty_or_missing_store_says_no_captures_yet(hm_home: Path) -> None:
     data = _json(hm_home)
     assert data["rows"] == []
     assert data["totals"]["requests"] == 0 and data["totals"]["cost_usd"] == "0"
+    assert data["totals"]["api_equivalent_usd"] == "0"  # no store yet: the same keys
     assert _json(hm_home, "--by", "day") == {"groups": [], "totals": data["totals"]}
 
     # an existing but empty store reads the same
@@ -127,6 +128,98 @@ def test_table_output(hm_home: Path) -> None:
     limited = run_cli(hm_home, "report", "--limit", "1")
     assert "mystery-1" in limited.stdout and "claude-sonnet-4" not in limited.stdout
     assert "showing 1 of 3" in limited.stdout
+
+
+def _seed_subscription(home: Path) -> None:
+    write_rows(
+        Home.resolve(home).db,
+        [
+            make_row(
+                id="key",
+                model="claude-sonnet-4",
+                provider="anthropic",
+                tool="claude-code",
+                cost_usd=Decimal("1.5"),
+            ),
+            make_row(
+                id="sub",
+                ts=BASE_TS + timedelta(hours=1),
+                model="claude-opus-4",
+                provider="anthropic",
+                tool="claude-code",
+                cost_usd=Decimal("2"),
+                api_equivalent=True,
+                price_note="api-equivalent",
+            ),
+        ],
+    )
+
+
+def test_api_equivalent_json_is_labelled_and_never_spend(hm_home: Path) -> None:
+    _seed_subscription(hm_home)
+    data = _json(hm_home)
+    assert data["totals"]["cost_usd"] == "1.5"
+    assert data["totals"]["api_equivalent_usd"] == "2"
+    by_id = {r["id"]: r for r in data["rows"]}
+    assert by_id["sub"]["api_equivalent"] is True and by_id["key"]["api_equivalent"] is False
+    assert by_id["sub"]["price_note"] == "api-equivalent"
+    grouped = _json(hm_home, "--by", "model")
+    assert [(g["model"], g["cost_usd"], g["api_equivalent_usd"]) for g in grouped["groups"]] == [
+        ("claude-sonnet-4", "1.5", "0"),
+        ("claude-opus-4", "0", "2"),
+    ]
+    assert grouped["totals"] == data["totals"]
+    # nothing matching: the same keys, zero
+    empty = _json(hm_home, "--project", "nobody")["totals"]
+    assert (empty["cost_usd"], empty["api_equivalent_usd"]) == ("0", "0")
+
+
+def test_api_equivalent_text_is_marked_and_totalled_apart(hm_home: Path) -> None:
+    _seed_subscription(hm_home)
+    result = run_cli(hm_home, "report")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    sub = next(line for line in lines if "claude-opus-4" in line)
+    key = next(line for line in lines if "claude-sonnet-4" in line)
+    assert "~2" in sub.split()  # marked: never to be read as spend
+    assert "1.5" in key.split() and "~1.5" not in key
+    assert "~ = API-equivalent price of subscription traffic, not spend" in lines
+    assert "2 requests" in result.stdout and "cost $1.5" in result.stdout
+    assert "cost $3.5" not in result.stdout
+    assert "API-equivalent (subscription, not spend): $2" in lines
+
+    table = run_cli(hm_home, "report", "--by", "model")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "MODEL",
+        "REQUESTS",
+        "IN",
+        "OUT",
+        "CACHE",
+        "R",
+        "CACHE",
+        "W",
+        "COST",
+        "$",
+        "~API-EQ",
+        "$",
+        "UNPRICED",
+    ]
+    opus = next(line for line in lines if line.startswith("claude-opus-4")).split()
+    sonnet = next(line for line in lines if line.startswith("claude-sonnet-4")).split()
+    assert opus[-3:] == ["0", "~2", "0"] and sonnet[-3:] == ["1.5", "-", "0"]
+    assert "cost $1.5" in table.stdout
+    assert "API-equivalent (subscription, not spend): $2" in lines
+
+
+def test_text_without_subscription_traffic_has_no_api_equivalent_noise(hm_home: Path) -> None:
+    _seed(hm_home)
+    for args in ((), ("--by", "model")):
+        result = run_cli(hm_home, "report", *args)
+        assert result.returncode == 0, result.stderr
+        assert "API-equivalent" not in result.stdout and "API-EQ" not in result.stdout
+        assert "~" not in result.stdout
 
 
 def test_filters(hm_home: Path) -> None:

@@ -97,9 +97,11 @@ def test_dry_run_then_apply_then_idempotent(hm_home: Path) -> None:
     report = run_cli(hm_home, "report", "--json")
     totals = json.loads(report.stdout)["totals"]
     assert totals["unpriced"] == 1
+    # the repriced subscription row is API-equivalent: totalled apart, never spend
     assert Decimal(totals["cost_usd"]) == sum(
-        Decimal(after[k]["cost_usd"]) for k in ("already", "known", "sub", "flex")
+        Decimal(after[k]["cost_usd"]) for k in ("already", "known", "flex")
     )
+    assert Decimal(totals["api_equivalent_usd"]) == Decimal(after["sub"]["cost_usd"]) > 0
 
 
 def test_reprice_without_a_store_or_with_a_corrupt_one(hm_home: Path) -> None:

@@ -152,6 +152,91 @@ def test_totals_sum_money_exactly_and_keep_null_semantics(conn: db.sqlite3.Conne
     assert queries.totals(conn, project="beta")["cost_usd"] == "0.2"
     empty = queries.totals(conn, project="nobody")
     assert empty["requests"] == 0 and empty["cost_usd"] == "0" and empty["input_tokens"] is None
+    assert t["api_equivalent_usd"] == "0" and empty["api_equivalent_usd"] == "0"
+    assert empty == queries.empty_totals()
+
+
+def _api_key_and_subscription(path: Path) -> None:
+    # The same model on two days: $1.5 paid with an API key, $2 through a subscription.
+    write_rows(
+        path,
+        [
+            make_row(id="key", model="claude-sonnet-4", cost_usd=Decimal("1.5")),
+            make_row(
+                id="sub",
+                model="claude-sonnet-4",
+                cost_usd=Decimal("2"),
+                api_equivalent=True,
+                price_note="api-equivalent",
+            ),
+            make_row(
+                id="sub-next-day",
+                ts=BASE_TS + timedelta(days=1),
+                model="claude-opus-4",
+                cost_usd=Decimal("0.75"),
+                api_equivalent=True,
+                price_note="api-equivalent",
+            ),
+            make_row(
+                id="sub-unpriced",
+                ts=BASE_TS + timedelta(days=1),
+                model="claude-opus-4",
+                cost_usd=None,
+                api_equivalent=True,
+            ),
+        ],
+    )
+
+
+def test_api_equivalent_is_never_spend(hm_home: Path) -> None:
+    path = Home.resolve().db
+    _api_key_and_subscription(path)
+    with contextlib.closing(db.connect(path, readonly=True)) as conn:
+        t = queries.totals(conn, until=BASE_TS + timedelta(days=1))
+        assert (t["cost_usd"], t["api_equivalent_usd"]) == ("1.5", "2")
+        assert t["requests"] == 2 and t["unpriced"] == 0
+        t = queries.totals(conn)
+        assert (t["cost_usd"], t["api_equivalent_usd"]) == ("1.5", "2.75")
+        assert t["requests"] == 4 and t["unpriced"] == 1  # an unpriced row is in neither sum
+        # a range cutting through a day reads the rows themselves: the same split
+        t = queries.totals(conn, since=BASE_TS + timedelta(seconds=1))
+        assert (t["cost_usd"], t["api_equivalent_usd"]) == ("0", "0.75")
+        assert queries.totals(conn, model="claude-opus-4")["cost_usd"] == "0"
+
+        models = {g["model"]: g for g in queries.group_by(conn, "model")}
+        assert (
+            models["claude-sonnet-4"]["cost_usd"],
+            models["claude-sonnet-4"]["api_equivalent_usd"],
+        ) == ("1.5", "2")
+        assert (
+            models["claude-opus-4"]["cost_usd"],
+            models["claude-opus-4"]["api_equivalent_usd"],
+        ) == ("0", "0.75")
+        assert models["claude-opus-4"]["unpriced"] == 1
+        # spend first, then API-equivalent cost
+        assert [g["model"] for g in queries.group_by(conn, "model")] == [
+            "claude-sonnet-4",
+            "claude-opus-4",
+        ]
+        days = queries.group_by(conn, "day")
+        assert [(g["day"], g["cost_usd"], g["api_equivalent_usd"]) for g in days] == [
+            ("2026-12-02", "0", "0.75"),
+            ("2026-12-01", "1.5", "2"),
+        ]
+        for g in days:
+            assert isinstance(g["cost_usd"], str) and isinstance(g["api_equivalent_usd"], str)
+        rows = {r["id"]: r for r in queries.query_rows(conn)}
+        assert rows["sub"]["api_equivalent"] is True and rows["key"]["api_equivalent"] is False
+        assert rows["sub"]["price_note"] == "api-equivalent"
+
+
+def test_repricing_a_subscription_row_adds_api_equivalent_not_spend(hm_home: Path) -> None:
+    path = Home.resolve().db
+    _api_key_and_subscription(path)
+    with contextlib.closing(db.connect(path)) as conn:
+        assert queries.set_price(conn, "sub-unpriced", Decimal("0.5"), "api-equivalent")
+        t = queries.totals(conn)
+        assert (t["cost_usd"], t["api_equivalent_usd"], t["unpriced"]) == ("1.5", "3.25", 0)
 
 
 def test_costs_finer_than_a_picodollar_still_sum_exactly(hm_home: Path) -> None:

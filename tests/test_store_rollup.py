@@ -39,6 +39,8 @@ def _random_row(rng: random.Random, i: int) -> Any:
         tool=rng.choice(["curl", "claude-code"]),
         cost_usd=cost,
         priced=priced,
+        # subscription traffic: priced as API-equivalent, never spend
+        api_equivalent=rng.random() < 0.3,
         partial=rng.random() < 0.1,
         **{t: rng.choice([None, rng.randrange(0, 5000)]) for t in TOKENS},
     )
@@ -56,9 +58,17 @@ def _oracle(rows: list[dict[str, Any]], key: str | None) -> dict[Any, dict[str, 
         for t in TOKENS:
             reported = [m[t] for m in members if m[t] is not None]
             entry[t] = sum(reported) if reported else None
-        entry["cost_usd"] = format_total(
-            sum((Decimal(m["cost_usd"]) for m in members if m["priced"]), Decimal(0))
-        )
+        for name, api_eq in (("cost_usd", False), ("api_equivalent_usd", True)):
+            entry[name] = format_total(
+                sum(
+                    (
+                        Decimal(m["cost_usd"])
+                        for m in members
+                        if m["priced"] and m["api_equivalent"] == api_eq
+                    ),
+                    Decimal(0),
+                )
+            )
         entry["unpriced"] = sum(1 for m in members if not m["priced"])
         entry["partial"] = sum(1 for m in members if m["partial"])
         out[value] = entry
@@ -133,6 +143,8 @@ def test_sums_follow_upserts_reprices_moves_and_deletes(store: tuple[Path, rando
             "UPDATE requests SET project = 'moved', ts = '2026-11-30T23:59:59.999999Z' "
             "WHERE id IN ('row00001', 'row00002', 'row00003')"
         )
+        # subscription flags corrected in place, both ways
+        conn.execute("UPDATE requests SET api_equivalent = 1 - api_equivalent WHERE seq % 5 = 0")
         # a token count corrected in place; a row deleted
         conn.execute("UPDATE requests SET input_tokens = NULL WHERE id = 'row00010'")
         conn.execute("DELETE FROM requests WHERE id IN ('row00011', 'row00012')")
@@ -170,4 +182,98 @@ def test_migration_backfills_sums_for_existing_rows(hm_home: Path) -> None:
         total = queries.totals(conn)
         assert total["requests"] == 3 and total["cost_usd"] == "0.3" and total["unpriced"] == 1
         assert total["input_tokens"] == 30
+        _check(conn, {})
+
+
+def _v4_store(path: Path) -> sqlite3.Connection:
+    """A file at schema v4 (rollup with one money sum), as the last release left it."""
+    conn = sqlite3.connect(path)
+    for step in db.MIGRATIONS[:4]:
+        step(conn)
+    conn.execute("PRAGMA user_version = 4")
+    return conn
+
+
+def test_migration_v5_splits_existing_rows_into_spend_and_api_equivalent(hm_home: Path) -> None:
+    path = Home.resolve().db
+    conn = _v4_store(path)
+    rows = [
+        # (id, day, cost, priced, api_equivalent)
+        ("key1", "2026-12-01", "1.5", 1, 0),
+        ("sub1", "2026-12-01", "2", 1, 1),
+        ("sub2", "2026-12-02", "0.25", 1, 1),
+        ("fine", "2026-12-02", "1E-13", 1, 1),  # finer than a pico-dollar
+        ("nopr", "2026-12-02", None, 0, 1),  # subscription, not priced yet
+    ]
+    for row_id, day, cost, priced, api_eq in rows:
+        pico = None
+        if cost is not None and Decimal(cost) * 10**12 == int(Decimal(cost) * 10**12):
+            pico = int(Decimal(cost) * 10**12)
+        conn.execute(
+            "INSERT INTO requests (id, ts, project, model, cost_usd, cost_pico, priced, "
+            "api_equivalent, input_tokens, updated_at) VALUES (?, ?, 'p', 'm', ?, ?, ?, ?, 10, 'x')",
+            (row_id, f"{day}T10:00:00.000000Z", cost, pico, priced, api_eq),
+        )
+    conn.commit()
+    # v4's rollup counted everything priced as one sum: the bug v5 fixes
+    v4_pico = conn.execute("SELECT sum(cost_pico) FROM rollup_daily").fetchone()[0]
+    assert v4_pico == int(Decimal("3.75") * 10**12)
+    conn.close()
+
+    with contextlib.closing(db.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == db.schema_version() >= 5
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(rollup_daily)")]
+        assert {"cost_pico", "api_eq_pico", "inexact", "api_eq_inexact"} <= set(columns)
+        total = queries.totals(conn)
+        assert total["cost_usd"] == "1.5"
+        assert total["api_equivalent_usd"] == "2.2500000000001"
+        assert total["requests"] == 5 and total["unpriced"] == 1
+        assert total["input_tokens"] == 50
+        days = {g["day"]: g for g in queries.group_by(conn, "day")}
+        assert (days["2026-12-01"]["cost_usd"], days["2026-12-01"]["api_equivalent_usd"]) == (
+            "1.5",
+            "2",
+        )
+        assert (days["2026-12-02"]["cost_usd"], days["2026-12-02"]["api_equivalent_usd"]) == (
+            "0",
+            "0.2500000000001",
+        )
+        _check(conn, {})
+        # the rebuilt triggers keep it: a new subscription row lands in the right sum
+        conn.execute(
+            "INSERT INTO requests (id, ts, project, cost_usd, cost_pico, priced, api_equivalent, "
+            "updated_at) VALUES ('sub3', '2026-12-03T00:00:00.000000Z', 'p', '1', ?, 1, 1, 'x')",
+            (10**12,),
+        )
+        total = queries.totals(conn)
+        assert (total["cost_usd"], total["api_equivalent_usd"]) == ("1.5", "3.2500000000001")
+        _check(conn, {})
+
+
+def test_flipping_api_equivalent_moves_the_money_between_sums(hm_home: Path) -> None:
+    path = Home.resolve().db
+    write_rows(
+        path,
+        [
+            make_row(id="key", cost_usd=Decimal("1.5")),
+            make_row(id="sub", cost_usd=Decimal("2"), api_equivalent=True),
+            make_row(id="fine", cost_usd=Decimal("1E-13"), api_equivalent=True),
+        ],
+    )
+    with contextlib.closing(db.connect(path)) as conn:
+
+        def money() -> tuple[str, str]:
+            t = queries.totals(conn)
+            return t["cost_usd"], t["api_equivalent_usd"]
+
+        assert money() == ("1.5", "2.0000000000001")
+        conn.execute("UPDATE requests SET api_equivalent = 0 WHERE id IN ('sub', 'fine')")
+        assert money() == ("3.5000000000001", "0")
+        conn.execute("UPDATE requests SET api_equivalent = 1")
+        assert money() == ("0", "3.5000000000001")
+        # the rollup itself moved, not only the inexact correction read from requests
+        spend, api_eq = conn.execute(
+            "SELECT sum(cost_pico), sum(api_eq_pico) FROM rollup_daily"
+        ).fetchone()
+        assert (spend, api_eq) == (0, int(Decimal("3.5") * 10**12))
         _check(conn, {})

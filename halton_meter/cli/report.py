@@ -2,6 +2,10 @@
 
 Reads ``db.sqlite`` directly through a read-only connection (WAL lets it read while the
 daemon writes). Times are UTC throughout.
+
+Subscription (OAuth) traffic is priced as API-equivalent: what it would cost on the API,
+never money spent. The text report marks such costs with ``~`` and totals them on a line of
+their own; ``cost $`` in the totals is spend only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ _TIME_FIX = (
     "offset) or an age like 30m, 24h, 7d, 2w"
 )
 _NO_CAPTURES = "No captures yet"
+API_EQ_MARK = "~"
+_API_EQ_LEGEND = f"{API_EQ_MARK} = API-equivalent price of subscription traffic, not spend"
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
@@ -127,7 +133,7 @@ def _report_rows(
     conn: sqlite3.Connection | None, limit: int, filters: dict[str, Any], *, as_json: bool
 ) -> None:
     rows = queries.query_rows(conn, limit=limit, **filters) if conn else []
-    total = queries.totals(conn, **filters) if conn else _empty_totals()
+    total = queries.totals(conn, **filters) if conn else queries.empty_totals()
     if as_json:
         typer.echo(json.dumps({"rows": rows, "totals": total}, indent=2))
         return
@@ -140,38 +146,47 @@ def _report_rows(
     _print_table(table, numeric={5, 6, 7, 8, 9, 11})
     shown = f"showing {len(rows)} of {total['requests']}" if total["requests"] > len(rows) else ""
     typer.echo("")
+    if any(_is_api_equivalent(r) for r in rows):
+        typer.echo(_API_EQ_LEGEND)
     typer.echo(_totals_line(total) + (f"  ({shown})" if shown else ""))
+    _echo_api_equivalent(total)
 
 
 def _report_groups(
     conn: sqlite3.Connection | None, by: str, filters: dict[str, Any], *, as_json: bool
 ) -> None:
     groups = queries.group_by(conn, by, **filters) if conn else []
-    total = queries.totals(conn, **filters) if conn else _empty_totals()
+    total = queries.totals(conn, **filters) if conn else queries.empty_totals()
     if as_json:
         typer.echo(json.dumps({"groups": groups, "totals": total}, indent=2))
         return
     if not groups:
         typer.echo(_empty_message(conn, filters))
         return
-    headers = [by.upper(), "REQUESTS", "IN", "OUT", "CACHE R", "CACHE W", "COST $", "UNPRICED"]
+    # The API-equivalent column appears only when there is some: most users have none.
+    api_eq = total["api_equivalent_usd"] != "0"
+    headers = [by.upper(), "REQUESTS", "IN", "OUT", "CACHE R", "CACHE W", "COST $"]
+    headers += (["~API-EQ $"] if api_eq else []) + ["UNPRICED"]
     table = [headers]
     for g in groups:
-        table.append(
-            [
-                _cell(g[by]),
-                str(g["requests"]),
-                _cell(g["input_tokens"]),
-                _cell(g["output_tokens"]),
-                _cell(g["cache_read_tokens"]),
-                _cell(g["cache_write_tokens"]),
-                g["cost_usd"],
-                str(g["unpriced"]),
-            ]
-        )
-    _print_table(table, numeric={1, 2, 3, 4, 5, 6, 7})
+        cells = [
+            _cell(g[by]),
+            str(g["requests"]),
+            _cell(g["input_tokens"]),
+            _cell(g["output_tokens"]),
+            _cell(g["cache_read_tokens"]),
+            _cell(g["cache_write_tokens"]),
+            g["cost_usd"],
+        ]
+        if api_eq:
+            cells.append(_api_eq_cell(g["api_equivalent_usd"]))
+        table.append([*cells, str(g["unpriced"])])
+    _print_table(table, numeric=set(range(1, len(headers))))
     typer.echo("")
+    if api_eq:
+        typer.echo(_API_EQ_LEGEND)
     typer.echo(_totals_line(total))
+    _echo_api_equivalent(total)
 
 
 def _empty_message(conn: sqlite3.Connection | None, filters: dict[str, Any]) -> str:
@@ -182,16 +197,12 @@ def _empty_message(conn: sqlite3.Connection | None, filters: dict[str, Any]) -> 
     return "No captures match these filters."
 
 
-def _empty_totals() -> dict[str, Any]:
-    out: dict[str, Any] = {"requests": 0}
-    out.update(dict.fromkeys(queries.TOKEN_FIELDS))
-    out.update({"cost_usd": "0", "unpriced": 0, "partial": 0})
-    return out
-
-
 def _row_cells(r: dict[str, Any]) -> list[str]:
     status = _cell(r["status"]) + (" partial" if r["partial"] else "")
-    cost = r["cost_usd"] if r["priced"] and r["cost_usd"] is not None else "unpriced"
+    if r["priced"] and r["cost_usd"] is not None:
+        cost = API_EQ_MARK + r["cost_usd"] if _is_api_equivalent(r) else r["cost_usd"]
+    else:
+        cost = "unpriced"
     return [
         r["ts"][:19].replace("T", " "),
         _cell(r["tool"]),
@@ -210,6 +221,19 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
 
 def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _is_api_equivalent(r: dict[str, Any]) -> bool:
+    return bool(r["api_equivalent"]) and bool(r["priced"]) and r["cost_usd"] is not None
+
+
+def _api_eq_cell(amount: str) -> str:
+    return "-" if amount == "0" else API_EQ_MARK + amount
+
+
+def _echo_api_equivalent(total: dict[str, Any]) -> None:
+    if total["api_equivalent_usd"] != "0":
+        typer.echo(f"API-equivalent (subscription, not spend): ${total['api_equivalent_usd']}")
 
 
 def _totals_line(total: dict[str, Any]) -> str:

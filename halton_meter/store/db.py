@@ -114,6 +114,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v2_indexes,
     _v3_service_tier,
     rollup.migrate_v4,  # daily sums kept by triggers
+    rollup.migrate_v5,  # spend and API-equivalent (subscription) money in separate sums
 ]
 
 

@@ -7,8 +7,11 @@ Totals semantics:
 - They cover every row matching the filters, not only the rows a limit lets through.
 - A token sum is None only when no matching row reported that count (SQL SUM semantics: a
   provider that never reports cache tokens shows null, not a made-up 0).
-- ``cost_usd`` is the exact sum over priced rows as a decimal string ("0" when none is
-  priced); ``unpriced`` counts the rows left out of it (repricing may fill them in later).
+- ``cost_usd`` is money spent: the exact sum over priced rows that are not API-equivalent,
+  as a decimal string ("0" when none). ``api_equivalent_usd`` is the exact sum over priced
+  subscription (OAuth) rows (``api_equivalent``): what that traffic would cost on the API,
+  never spend and never part of ``cost_usd``. ``unpriced`` counts the rows left out of both
+  (repricing may fill them in later).
 - ``partial`` counts rows whose response was cut short (client abort, stream error).
 
 Speed: sums come from ``rollup_daily`` (kept by triggers, see rollup.py) for whole UTC days
@@ -138,7 +141,12 @@ def totals(
     """Sums over every matching row (see the module docstring for null and money rules)."""
     filters = _filters(since, until, project, model, provider, tool)
     groups = _aggregate(conn, filters, None) if db.has_requests_table(conn) else {}
-    return _finish(groups.get(None, _zero()), Decimal(0))
+    return _finish(groups.get(None, _zero()))
+
+
+def empty_totals() -> dict[str, Any]:
+    """What ``totals`` answers for a store with no rows (or no store yet)."""
+    return _finish(_zero())
 
 
 def group_by(
@@ -153,7 +161,8 @@ def group_by(
     tool: str | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per distinct ``key`` value: ``{key: value, requests, <token sums>, cost_usd,
-    unpriced, partial}``. Days newest first; other keys by cost, then requests, descending."""
+    api_equivalent_usd, unpriced, partial}``. Days newest first; other keys by spend, then
+    API-equivalent cost, then requests, descending."""
     if key not in GROUP_KEYS:
         raise ValueError(f"cannot group by {key!r}; choose one of {', '.join(GROUP_KEYS)}")
     if not db.has_requests_table(conn):
@@ -162,22 +171,33 @@ def group_by(
     groups = []
     for value, sums in _aggregate(conn, filters, key).items():
         entry: dict[str, Any] = {key: value}
-        entry.update(_finish(sums, Decimal(0)))
+        entry.update(_finish(sums))
         groups.append(entry)
     if key == "day":
         groups.sort(key=lambda g: g["day"] or "", reverse=True)
     else:
-        groups.sort(key=lambda g: (Decimal(g["cost_usd"]), g["requests"]), reverse=True)
+        groups.sort(
+            key=lambda g: (
+                Decimal(g["cost_usd"]),
+                Decimal(g["api_equivalent_usd"]),
+                g["requests"],
+            ),
+            reverse=True,
+        )
     return groups
 
 
 # -- aggregation: whole days from rollup_daily, partial days from requests -------------------
 
-_Sums = list[Any]  # rollup.COUNTERS in order, plus a trailing Decimal for inexact costs
+# rollup.COUNTERS in order, then two Decimals: inexact spend, inexact API-equivalent cost
+_Sums = list[Any]
+_INEXACT_SPEND = len(rollup.COUNTERS)
+_INEXACT_API_EQ = _INEXACT_SPEND + 1
+_INEXACT_FLAGS = (rollup.COUNTERS.index("inexact"), rollup.COUNTERS.index("api_eq_inexact"))
 
 
 def _zero() -> _Sums:
-    return [0] * len(rollup.COUNTERS) + [Decimal(0)]
+    return [0] * len(rollup.COUNTERS) + [Decimal(0), Decimal(0)]
 
 
 def _aggregate(conn: sqlite3.Connection, filters: Filters, key: str | None) -> dict[Any, _Sums]:
@@ -222,13 +242,14 @@ def _aggregate(conn: sqlite3.Connection, filters: Filters, key: str | None) -> d
                 f"SELECT {raw_expr}, {_RAW_SUMS} FROM requests AS r{where} GROUP BY 1", args
             )
         )
-    inexact = rollup.COUNTERS.index("inexact")
-    if any(acc[inexact] for acc in out.values()):
+    if any(acc[i] for acc in out.values() for i in _INEXACT_FLAGS):
         where, args = filters.where()
         extra = "priced = 1 AND cost_pico IS NULL AND cost_usd IS NOT NULL"
         where = f"{where} AND {extra}" if where else f" WHERE {extra}"
-        for value, cost in conn.execute(f"SELECT {raw_expr}, cost_usd FROM requests{where}", args):
-            out.setdefault(value, _zero())[-1] += Decimal(cost)
+        sql = f"SELECT {raw_expr}, cost_usd, api_equivalent FROM requests{where}"
+        for value, cost, api_eq in conn.execute(sql, args):
+            slot = _INEXACT_API_EQ if api_eq else _INEXACT_SPEND
+            out.setdefault(value, _zero())[slot] += Decimal(cost)
     return out
 
 
@@ -277,13 +298,15 @@ def _next_day(day: str) -> str:
         return "9999-12-31"
 
 
-def _finish(sums: _Sums, extra_cost: Decimal) -> dict[str, Any]:
+def _finish(sums: _Sums) -> dict[str, Any]:
     values = dict(zip(rollup.COUNTERS, sums, strict=False))
     out: dict[str, Any] = {"requests": int(values["requests"])}
     for name, sum_column, count_column in rollup.TOKENS:
         out[name] = int(values[sum_column]) if values[count_column] else None
-    cost = from_pico(int(values["cost_pico"])) + sums[-1] + extra_cost
-    out["cost_usd"] = format_total(cost)
+    spend = from_pico(int(values["cost_pico"])) + sums[_INEXACT_SPEND]
+    api_eq = from_pico(int(values["api_eq_pico"])) + sums[_INEXACT_API_EQ]
+    out["cost_usd"] = format_total(spend)
+    out["api_equivalent_usd"] = format_total(api_eq)
     out["unpriced"] = int(values["unpriced"])
     out["partial"] = int(values["partial"])
     return out
