@@ -74,6 +74,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False
+            if host.strip("[]") not in ("127.0.0.1", "::1"):
+                # Not an address of this machine (yet): judge the port on loopback; the
+                # program's own bind reports the address problem.
+                return port_is_free(port, "::1" if family == socket.AF_INET6 else "127.0.0.1")
             raise
     return True
 

@@ -128,3 +128,9 @@ def test_two_negotiations_racing_in_two_processes_never_share_a_port(tmp_path: P
 def test_config_hosts_are_honoured_for_the_bind_test(hm_home: Path) -> None:
     cfg = load_config(Home.resolve())
     assert negotiate(Home.resolve(), cfg).api == 8765
+
+
+def test_a_listen_host_not_on_this_machine_does_not_crash_negotiation(hm_home: Path) -> None:
+    (hm_home / "config.toml").write_text('listen_host = "192.0.2.10"\n')  # TEST-NET-1
+    ports = negotiate(Home.resolve())
+    assert ports.edge in port_range("edge")

@@ -46,7 +46,9 @@ def _logfmt_value(value: Any) -> str:
 
 
 def _add_msg(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    skip = {"event", "timestamp", "level", "program", "msg"}
+    skip = {"event", "timestamp", "level", "msg", "emitter"}
+    if event_dict.get("program") == event_dict.get("emitter"):
+        skip.add("program")  # the emitting program itself: not part of the event's context
     parts = [str(event_dict.get("event", ""))]
     parts += [f"{k}={_logfmt_value(v)}" for k, v in event_dict.items() if k not in skip]
     event_dict["msg"] = " ".join(parts)
@@ -68,7 +70,9 @@ def configure_logging(
     ]
     renderer: Any
     if json_lines:
-        shared.insert(0, lambda _l, _m, ed: {**ed, "program": program})
+        # An event about another program (watchdog.respawn_loop program=daemon) keeps its own
+        # `program`; `emitter` always names the program that wrote the line.
+        shared.insert(0, lambda _l, _m, ed: {"program": program, **ed, "emitter": program})
         renderer = [_add_msg, structlog.processors.JSONRenderer(default=str)]
     else:
         renderer = [structlog.dev.ConsoleRenderer(colors=False)]
