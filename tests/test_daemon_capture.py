@@ -324,7 +324,7 @@ def test_large_streamed_response_body_is_skipped(shared_daemon: DaemonHandle) ->
 
 def test_stream_events_reach_the_client_before_the_stream_ends(shared_daemon: DaemonHandle) -> None:
     d = shared_daemon
-    before = len(d.sim.requests)
+    mark, before = d.mark(), len(d.sim.requests)
     first_event_at: float | None = None
     with (
         d.client() as http,
@@ -341,6 +341,8 @@ def test_stream_events_reach_the_client_before_the_stream_ends(shared_daemon: Da
     assert first_event_at is not None
     assert rec.progress.last_event_at is not None
     assert first_event_at < rec.progress.last_event_at
+    [row] = d.wait_rows(1, since=mark)
+    assert row["stream"] == 1 and not row["partial"] and row["output_tokens"] == 6
 
 
 # -- credentials -------------------------------------------------------------------------------
@@ -384,13 +386,13 @@ def test_credentials_are_stored_nowhere(shared_daemon: DaemonHandle) -> None:
             json={"messages": [{"role": "user", "content": "x"}]},
             headers={"api-key": SECRETS["azure"]},
         )
-    rows = d.wait_rows(4, since=mark)
+    rows = {r["provider"]: r for r in d.wait_rows(4, since=mark)}
     recs = d.sim.wait_for_requests(before + 4, completed=False)[before:]
     # The credentials did reach the provider (the meter must not strip them) ...
     assert recs[0].header("x-api-key") == SECRETS["anthropic"]
     assert recs[2].query.get("key") == SECRETS["gemini_query"]
     # ... and the stored path lost only the key.
-    assert rows[2]["path"] == "/v1beta/models/gemini-2.5-flash:generateContent?alt=json"
+    assert rows["gemini"]["path"] == "/v1beta/models/gemini-2.5-flash:generateContent?alt=json"
     files = [d.db, *d.home.glob("db.sqlite*"), *d.home.rglob("bodies/**/*"), d.out_log, d.err_log]
     files += list((d.home / "run").glob("*"))
     scanned = 0

@@ -4,9 +4,11 @@ Over the gate the row keeps its metadata, ``body_skip_reason = "body_too_large"`
 log says ``addon.body_capture.skip reason=body_too_large``. Headers are never stored (they
 carry the credentials); bodies are stored decoded, as the tee sees them.
 
-The file system calls (create, write, close: ~0.1 ms each on a busy disk) run on one
-background thread, in order; the event loop only counts bytes and queues chunks. Whether a
-body is kept or skipped is decided from that count, so the row knows its body path at once.
+The file system calls (create, write, close: ~0.1 ms a file here) run on one background
+thread, in order; the event loop only counts bytes and queues chunks. Whether a body is kept
+or skipped is decided from that count, so the row knows its body path at once; the row is
+handed to the writer from the same thread after its files are closed, so a stored row never
+names a file that is not on disk yet.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class BodyCapture:
         relpath = sink.path.relative_to(self.store.root).as_posix()
         queued = _QueuedSink(sink, relpath, self.io, self.max_bytes)
         observers.append(queued.write)
+        state.submit_after_bodies = self.io.submit
 
         def close(row: Row) -> None:
             path = queued.close()

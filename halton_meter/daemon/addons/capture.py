@@ -75,6 +75,9 @@ class FlowState:
     # Called with the row just before it is written (body files close, paths are filled).
     closers: list[Callable[[Row], None]] = field(default_factory=list)
     request_streamed: bool = False
+    # Set by the body store: runs the row's submission after its body files are closed,
+    # so a stored row never names a file that is not on disk yet.
+    submit_after_bodies: Callable[[Callable[[], None]], None] | None = None
     error_type_header: str | None = None  # Bedrock names its error type in a header
     done: bool = False
 
@@ -270,7 +273,10 @@ class Capture:
                 except Exception as exc:
                     self.stats.metering_errors += 1
                     log.error("addon.capture.error", error=repr(exc), hook="close_body")
-            self.writer.submit(row)
+            if state.submit_after_bodies is not None:
+                state.submit_after_bodies(lambda: self.writer.submit(row))
+            else:
+                self.writer.submit(row)
             self.stats.rows_submitted += 1
 
     def _fill(
