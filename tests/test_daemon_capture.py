@@ -496,3 +496,20 @@ def test_undecodable_body_never_breaks_the_call(shared_daemon: DaemonHandle) -> 
     [row] = d.wait_rows(1, since=mark)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 50, 7)
     _wait_stat(d, "parse_errors", errors_before + 1)
+
+
+def test_in_band_stream_error_is_recorded(shared_daemon: DaemonHandle) -> None:
+    # HTTP 200, then `event: error` (overloaded) instead of message_delta/message_stop.
+    d = shared_daemon
+    mark = d.mark()
+    with d.client() as http:
+        resp = http.post(
+            ANTHROPIC,
+            json=messages_body(True),
+            headers=knobs(outcome="error", usage=json.dumps(USAGE)),
+        )
+    assert resp.status_code == 200 and "overloaded_error" in resp.text
+    [row] = d.wait_rows(1, since=mark)
+    assert row["status"] == 200 and row["partial"] == 1
+    assert "overloaded_error" in row["error"]
+    assert row["input_tokens"] == 50  # what message_start reported is kept
