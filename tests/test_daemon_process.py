@@ -390,3 +390,18 @@ def test_placeholder_cloud_base_url_is_healed_at_boot(
         assert again.stderr().count('"config.base_url.healed"') == 1
     finally:
         assert again.stop() == 0
+
+
+def test_unreadable_ca_is_refused_not_run_broken(hm_home: Path, provider_sim: ProviderSim) -> None:
+    # mitmproxy alone would log the error and run on, unable to intercept anything.
+    ca_dir = hm_home / "mitmproxy"
+    ca_dir.mkdir(mode=0o700)
+    (ca_dir / "mitmproxy-ca.pem").write_text("not a key\n")
+    handle = start_daemon(hm_home, provider_sim, wait=False)
+    try:
+        rc = handle.proc.wait(30)
+    finally:
+        handle.stop()
+    assert rc == 3
+    err = handle.stderr()
+    assert f"{ca_dir}/mitmproxy-ca.pem" in err and "Traceback" not in err

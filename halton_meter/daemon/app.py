@@ -20,12 +20,13 @@ from decimal import Decimal
 from typing import Any
 
 from mitmproxy import addons as mitm_addons
+from mitmproxy import certs
 from mitmproxy import options as mitm_options
 from mitmproxy.master import Master
 
 from halton_meter.core.bindguard import check_bind_host
 from halton_meter.core.config import Config, heal_placeholder_base_url, load_config
-from halton_meter.core.errors import EXIT_FAILURE, HaltonError
+from halton_meter.core.errors import EXIT_BAD_FILE, EXIT_FAILURE, HaltonError
 from halton_meter.core.fsutil import ensure_dir
 from halton_meter.core.logging import configure_logging
 from halton_meter.core.paths import Home
@@ -114,6 +115,10 @@ def _build_master(
     )
     master = Master(opts)
     master.addons.add(*mitm_addons.default_addons())
+    tls = master.addons.get("tlsconfig")
+    if tls is None or tls.certstore is None:
+        # mitmproxy logs a CA it cannot load and carries on unable to intercept anything.
+        raise HaltonError(_ca_error(home), exit_code=EXIT_BAD_FILE)
 
     attribution = Attribution(stats)
     capture = Capture(
@@ -138,6 +143,19 @@ def _build_master(
         lifecycle,
     )
     return master, lifecycle
+
+
+def _ca_error(home: Home) -> str:
+    reason = "unknown error"
+    try:
+        certs.CertStore.from_store(home.ca_dir, "mitmproxy", 2048)
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+    return (
+        f"the meter's CA in {home.ca_dir} cannot be loaded ({reason}). Fix: move "
+        f"{home.ca_key} aside and start again to generate a new CA (clients must then "
+        "trust the new certificate: re-run halton-meter init)."
+    )
 
 
 def _cloud_sync(home: Home, config: Config) -> Any | None:
