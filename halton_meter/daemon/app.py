@@ -82,6 +82,7 @@ async def _serve(port_override: int | None) -> int:
     # mitmproxy writes its CA key 0600 but creates the directory with the umask: make it
     # 0700 before it gets there.
     ensure_dir(home.ca_dir)
+    _check_ca(home)
     bundle = build_upstream_bundle(home, config.upstream.ca_bundle)
 
     stats = Stats()
@@ -115,10 +116,6 @@ def _build_master(
     )
     master = Master(opts)
     master.addons.add(*mitm_addons.default_addons())
-    tls = master.addons.get("tlsconfig")
-    if tls is None or tls.certstore is None:
-        # mitmproxy logs a CA it cannot load and carries on unable to intercept anything.
-        raise HaltonError(_ca_error(home), exit_code=EXIT_BAD_FILE)
 
     attribution = Attribution(stats)
     capture = Capture(
@@ -145,17 +142,19 @@ def _build_master(
     return master, lifecycle
 
 
-def _ca_error(home: Home) -> str:
-    reason = "unknown error"
+def _check_ca(home: Home) -> None:
+    """Refuse a CA mitmproxy cannot load: it would log it and run on, intercepting nothing."""
+    if not home.ca_key.exists():
+        return  # mitmproxy creates it
     try:
         certs.CertStore.from_store(home.ca_dir, "mitmproxy", 2048)
     except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-    return (
-        f"the meter's CA in {home.ca_dir} cannot be loaded ({reason}). Fix: move "
-        f"{home.ca_key} aside and start again to generate a new CA (clients must then "
-        "trust the new certificate: re-run halton-meter init)."
-    )
+        raise HaltonError(
+            f"the meter's CA in {home.ca_dir} cannot be loaded ({exc or type(exc).__name__}). "
+            f"Fix: move {home.ca_key} aside and start again to generate a new CA (clients "
+            "must then trust the new certificate: re-run halton-meter init).",
+            exit_code=EXIT_BAD_FILE,
+        ) from exc
 
 
 def _cloud_sync(home: Home, config: Config) -> Any | None:
