@@ -5,10 +5,11 @@ log says ``addon.body_capture.skip reason=body_too_large``. Headers are never st
 carry the credentials); bodies are stored decoded, as the tee sees them.
 
 The file system calls (create, write, close: ~0.1 ms a file here) run on one background
-thread, in order; the event loop only counts bytes and queues chunks. Whether a body is kept
-or skipped is decided from that count, so the row knows its body path at once; the row is
-handed to the writer from the same thread after its files are closed, so a stored row never
-names a file that is not on disk yet.
+thread. The event loop counts and buffers a body's bytes (handing over 256 KiB pieces, so a
+large body is never held whole); when the row is written, one job on that thread writes the
+tails, closes the files and then hands the row to the writer: a stored row never names a
+file that is not on disk yet, and a small call costs the thread a single wake-up. Whether a
+body is kept or skipped is decided from the byte count, so the row knows its paths at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from mitmproxy import http
@@ -28,6 +30,7 @@ from halton_meter.store.bodies import BodySink, BodyStore
 from halton_meter.store.model import Row
 
 SKIP_TOO_LARGE = "body_too_large"
+FLUSH_BYTES = 256 * 1024
 _STOP = object()
 
 
@@ -70,30 +73,70 @@ class BodyIO:
 
 
 class _QueuedSink:
-    """The loop's side of one body file: counts bytes, queues the writes."""
+    """The loop's side of one body file: counts bytes and buffers them.
+
+    A body is handed to the I/O thread in pieces of ``FLUSH_BYTES`` (a large body is never
+    held whole) and the rest, with the close, in one job when the row is written: a small
+    body costs the thread one wake-up, shared with its row.
+    """
 
     def __init__(self, sink: BodySink, relpath: str, io: BodyIO, max_bytes: int) -> None:
         self._sink = sink
         self._io = io
         self._max_bytes = max_bytes
+        self._buf = bytearray()
+        self._flushed = False
         self.relpath = relpath
         self.seen = 0
 
     def write(self, chunk: bytes) -> None:
+        before = self.seen
         self.seen += len(chunk)
-        if self.seen <= self._max_bytes:
-            self._io.submit(self._sink.write, chunk)
-        elif self.seen - len(chunk) <= self._max_bytes:
-            self._io.submit(self._sink.write, chunk)  # the sink drops what it had kept
+        if before > self._max_bytes:
+            return  # already over the gate
+        if self.seen > self._max_bytes:
+            self._buf.clear()
+            if self._flushed:  # drop the partial file
+                self._io.submit(self._sink.abort, SKIP_TOO_LARGE)
+            return
+        self._buf += chunk
+        if len(self._buf) >= FLUSH_BYTES:
+            self._io.submit(self._sink.write, bytes(self._buf))
+            self._buf.clear()
+            self._flushed = True
 
     @property
     def skipped(self) -> bool:
         return self.seen > self._max_bytes
 
-    def close(self) -> str | None:
+    @property
+    def path(self) -> str | None:
         """The stored file's path relative to the bodies root, or None (empty or skipped)."""
-        self._io.submit(self._sink.close)
         return None if self.skipped or self.seen == 0 else self.relpath
+
+    def finish_job(self) -> Callable[[], None] | None:
+        """What is left for the I/O thread: the buffered tail, then the close."""
+        if self.skipped:
+            return None
+        tail, sink = bytes(self._buf), self._sink
+        self._buf.clear()
+
+        def finish() -> None:
+            if tail:
+                sink.write(tail)
+            sink.close()
+
+        return finish
+
+
+def _run_all(jobs: list[Callable[[], None]], stats: Stats) -> None:
+    # Each job on its own: a body that cannot be written never holds its row back.
+    for job in jobs:
+        try:
+            job()
+        except Exception as exc:
+            stats.metering_errors += 1
+            log.error("addon.body_capture.io_error", error=repr(exc))
 
 
 class BodyCapture:
@@ -137,19 +180,26 @@ class BodyCapture:
         relpath = sink.path.relative_to(self.store.root).as_posix()
         queued = _QueuedSink(sink, relpath, self.io, self.max_bytes)
         observers.append(queued.write)
-        state.submit_after_bodies = self.io.submit
+        state.submit_after_bodies = partial(self._submit_after_bodies, state)
 
         def close(row: Row) -> None:
-            path = queued.close()
+            job = queued.finish_job()
+            if job is not None:
+                state.body_jobs.append(job)
             if queued.skipped:
                 self._skipped(row, kind, None)
-            elif path is not None:
+            elif queued.path is not None:
                 if kind == "request":
-                    row.request_body_path = path
+                    row.request_body_path = queued.path
                 else:
-                    row.response_body_path = path
+                    row.response_body_path = queued.path
 
         state.closers.append(close)
+
+    def _submit_after_bodies(self, state: FlowState, submit_row: Callable[[], None]) -> None:
+        # One job: the bodies' tails and closes, then the row (never before its files).
+        jobs, state.body_jobs = [*state.body_jobs, submit_row], []
+        self.io.submit(_run_all, jobs, self.stats)
 
     def _skipped(self, row: Row, kind: str, declared: int | None) -> None:
         if row.body_skip_reason != SKIP_TOO_LARGE:

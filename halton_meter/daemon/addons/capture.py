@@ -78,6 +78,7 @@ class FlowState:
     # Set by the body store: runs the row's submission after its body files are closed,
     # so a stored row never names a file that is not on disk yet.
     submit_after_bodies: Callable[[Callable[[], None]], None] | None = None
+    body_jobs: list[Callable[[], None]] = field(default_factory=list)
     error_type_header: str | None = None  # Bedrock names its error type in a header
     done: bool = False
 
