@@ -513,3 +513,17 @@ def test_in_band_stream_error_is_recorded(shared_daemon: DaemonHandle) -> None:
     assert row["status"] == 200 and row["partial"] == 1
     assert "overloaded_error" in row["error"]
     assert row["input_tokens"] == 50  # what message_start reported is kept
+
+
+def test_body_under_the_gate_is_stored_whole(shared_daemon: DaemonHandle) -> None:
+    # 1 MiB of text: handed to the disk in pieces, stored byte for byte.
+    d = shared_daemon
+    mark = d.mark()
+    with d.client() as http:
+        resp = http.post(
+            ANTHROPIC, json=messages_body(False), headers=knobs(response_bytes=1024 * 1024)
+        )
+    assert resp.status_code == 200
+    [row] = d.wait_rows(1, since=mark)
+    assert row["body_skip_reason"] is None
+    assert body_file(d, row["response_body_path"]).read_bytes() == resp.content
