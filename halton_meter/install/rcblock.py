@@ -56,7 +56,7 @@ def _node_options_line(shell: str, option: str) -> str:
             f'(string trim -- "$NODE_OPTIONS {option}")'
         )
     return (
-        f"if [ -r {_quote(preload)} ]; then case \" $NODE_OPTIONS \" in *{_quote(option)}*) ;; "
+        f'if [ -r {_quote(preload)} ]; then case " $NODE_OPTIONS " in *{_quote(option)}*) ;; '
         f'*) export NODE_OPTIONS="${{NODE_OPTIONS:+$NODE_OPTIONS }}"{_quote(option)} ;; esac; fi'
     )
 
