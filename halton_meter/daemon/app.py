@@ -3,7 +3,8 @@
 Runs in the foreground (supervisord owns it). Listens on ``listen_host`` and the effective
 daemon port, intercepts provider hosts only, writes one row per model call. SIGTERM or
 SIGINT: listeners close, in-flight calls are written as partial rows, the row writer is
-flushed, exit 0. A failed bind exits 1 with the reason on stderr.
+flushed, exit 0. SIGHUP: config.toml is re-read and applied live where that is safe
+(see reload.py). A failed bind exits 1 with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from halton_meter.daemon.addons.policy import InterceptPolicy
 from halton_meter.daemon.addons.upstream import UpstreamResolve
 from halton_meter.daemon.addons.websocket import WebSocketMeter
 from halton_meter.daemon.lifecycle import Lifecycle
+from halton_meter.daemon.live import LiveConfig
+from halton_meter.daemon.reload import ConfigReloader
 from halton_meter.daemon.roots import build_upstream_bundle
 from halton_meter.daemon.stats import Stats
-from halton_meter.store.bodies import BodyStore
 from halton_meter.store.db import StoreError
 from halton_meter.store.writer import RowWriter
 
@@ -87,7 +89,8 @@ async def _serve(port_override: int | None) -> int:
 
     stats = Stats()
     writer = RowWriter(home.db)
-    master, lifecycle = _build_master(home, config, port, stats, writer)
+    live = LiveConfig(config)
+    master, lifecycle = _build_master(home, live, port, stats, writer)
     try:
         master.options.update(
             stream_large_bodies=STREAM_LARGE_BODIES,
@@ -99,7 +102,7 @@ async def _serve(port_override: int | None) -> int:
         writer.close()
         raise HaltonError(f"daemon options rejected: {exc}") from exc
 
-    _install_signals(master)
+    _install_signals(master, ConfigReloader(home, live, master, lifecycle.cloud_sync))
     log.info("daemon.starting", host=config.listen_host, port=port, home=str(home.root))
     await master.run()
     if lifecycle.bind_error is not None:
@@ -109,8 +112,9 @@ async def _serve(port_override: int | None) -> int:
 
 
 def _build_master(
-    home: Home, config: Config, port: int, stats: Stats, writer: RowWriter
+    home: Home, live: LiveConfig, port: int, stats: Stats, writer: RowWriter
 ) -> tuple[Master, Lifecycle]:
+    config = live.config
     opts = mitm_options.Options(
         confdir=str(home.ca_dir), listen_host=config.listen_host, listen_port=port
     )
@@ -119,23 +123,21 @@ def _build_master(
 
     attribution = Attribution(stats)
     capture = Capture(
-        extra_hosts=config.capture.hosts,
+        live=live,
         attribution=attribution,
         writer=writer,
         pricer=_pricer(),
         stats=stats,
     )
-    max_bytes = config.capture.body_max_bytes
-    store = BodyStore(home.bodies, max_bytes) if config.capture.store_bodies else None
     lifecycle = Lifecycle(
         home, config.listen_host, port, stats, writer, capture, cloud_sync=_cloud_sync(home, config)
     )
     master.addons.add(
         attribution,
-        InterceptPolicy(config.capture.hosts, stats),
-        UpstreamResolve(config.upstream.resolve, stats),
+        InterceptPolicy(live, stats),
+        UpstreamResolve(live, stats),
         capture,
-        BodyCapture(store, max_bytes, stats),
+        BodyCapture(home.bodies, live, stats),
         WebSocketMeter(capture),  # before lifecycle: its done() writes before the flush
         lifecycle,
     )
@@ -187,7 +189,7 @@ def _unpriced(_usage: Any, _ts: Any, **_kw: Any) -> _Unpriced:
     return _Unpriced()
 
 
-def _install_signals(master: Master) -> None:
+def _install_signals(master: Master, reloader: ConfigReloader) -> None:
     loop = asyncio.get_running_loop()
 
     async def stop() -> None:
@@ -203,11 +205,13 @@ def _install_signals(master: Master) -> None:
 
     def on_signal(signum: int) -> None:
         _ToStructlog.stopping = True
+        reloader.stopping = True
         log.info("daemon.signal", signal=signal.Signals(signum).name)
         loop.create_task(stop())
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloader.install(loop)
     # A client hanging up mid-write must not kill the process.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 

@@ -10,6 +10,9 @@ large body is never held whole); when the row is written, one job on that thread
 tails, closes the files and then hands the row to the writer: a stored row never names a
 file that is not on disk yet, and a small call costs the thread a single wake-up. Whether a
 body is kept or skipped is decided from the byte count, so the row knows its paths at once.
+
+The gate (``body_max_bytes``, ``store_bodies``) is read from the live config when a body
+starts: a reload applies to the next body, a body already under way keeps its gate.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import queue
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
@@ -25,6 +29,7 @@ from mitmproxy import http
 from halton_meter.daemon._log import log
 from halton_meter.daemon.addons.capture import FlowState, state_of
 from halton_meter.daemon.guard import fail_open
+from halton_meter.daemon.live import LiveConfig
 from halton_meter.daemon.stats import Stats
 from halton_meter.store.bodies import BodySink, BodyStore
 from halton_meter.store.model import Row
@@ -140,11 +145,21 @@ def _run_all(jobs: list[Callable[[], None]], stats: Stats) -> None:
 
 
 class BodyCapture:
-    def __init__(self, store: BodyStore | None, max_bytes: int, stats: Stats) -> None:
-        self.store = store
-        self.max_bytes = max_bytes
+    def __init__(self, root: Path, live: LiveConfig, stats: Stats) -> None:
+        self.root = root
+        self.live = live
         self.stats = stats
         self.io = BodyIO(stats)
+        self._store: BodyStore | None = None
+
+    def _current_store(self) -> BodyStore | None:
+        """The store under the live gate, or None when bodies are not stored."""
+        capture = self.live.config.capture
+        if not capture.store_bodies:
+            return None
+        if self._store is None or self._store.max_bytes != capture.body_max_bytes:
+            self._store = BodyStore(self.root, capture.body_max_bytes)
+        return self._store
 
     @fail_open("addon.body_capture.error")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -169,16 +184,18 @@ class BodyCapture:
         headers: http.Headers,
         observers: list[Callable[[bytes], None]],
     ) -> None:
-        if self.store is None:
+        store = self._current_store()
+        if store is None:
             return
+        limit = store.max_bytes
         declared = _content_length(headers)
-        if declared is not None and declared > self.max_bytes:
+        if declared is not None and declared > limit:
             # Known too large from the headers alone: never open a file for it.
-            state.closers.append(lambda row: self._skipped(row, kind, declared))
+            state.closers.append(lambda row: self._skipped(row, kind, declared, limit))
             return
-        sink = self.store.open(state.row.id, "request" if kind == "request" else "response")
-        relpath = sink.path.relative_to(self.store.root).as_posix()
-        queued = _QueuedSink(sink, relpath, self.io, self.max_bytes)
+        sink = store.open(state.row.id, "request" if kind == "request" else "response")
+        relpath = sink.path.relative_to(store.root).as_posix()
+        queued = _QueuedSink(sink, relpath, self.io, limit)
         observers.append(queued.write)
         state.submit_after_bodies = partial(self._submit_after_bodies, state)
 
@@ -187,7 +204,7 @@ class BodyCapture:
             if job is not None:
                 state.body_jobs.append(job)
             if queued.skipped:
-                self._skipped(row, kind, None)
+                self._skipped(row, kind, None, limit)
             elif queued.path is not None:
                 if kind == "request":
                     row.request_body_path = queued.path
@@ -201,7 +218,7 @@ class BodyCapture:
         jobs, state.body_jobs = [*state.body_jobs, submit_row], []
         self.io.submit(_run_all, jobs, self.stats)
 
-    def _skipped(self, row: Row, kind: str, declared: int | None) -> None:
+    def _skipped(self, row: Row, kind: str, declared: int | None, limit: int) -> None:
         if row.body_skip_reason != SKIP_TOO_LARGE:
             # One count per row, one log line per body that was over the gate.
             row.body_skip_reason = SKIP_TOO_LARGE
@@ -213,7 +230,7 @@ class BodyCapture:
             host=row.host,
             kind=kind,
             declared_bytes=declared,
-            limit=self.max_bytes,
+            limit=limit,
         )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from halton_meter.daemon._log import log
 from halton_meter.daemon.addons.attribution import Attribution
 from halton_meter.daemon.addons.stream_tee import Tee
 from halton_meter.daemon.guard import fail_open
+from halton_meter.daemon.live import LiveConfig
 from halton_meter.daemon.metering import (
     BodyReader,
     new_response_reader,
@@ -42,6 +43,7 @@ from halton_meter.daemon.metering import (
 )
 from halton_meter.daemon.stats import Stats
 from halton_meter.providers.base import Usage, dump_raw_usage
+from halton_meter.providers.bedrock import apply_token_headers
 from halton_meter.providers.endpoints import Endpoint, classify
 from halton_meter.providers.errors import extract_error
 from halton_meter.providers.hosts import provider_for_host
@@ -92,18 +94,23 @@ class Capture:
     def __init__(
         self,
         *,
-        extra_hosts: Sequence[str],
+        live: LiveConfig,
         attribution: Attribution,
         writer: RowSink,
         pricer: Pricer,
         stats: Stats,
     ) -> None:
-        self.extra_hosts = tuple(extra_hosts)
+        self.live = live
         self.attribution = attribution
         self.writer = writer
         self.pricer = pricer
         self.stats = stats
         self._live: dict[str, tuple[http.HTTPFlow, FlowState]] = {}
+
+    @property
+    def extra_hosts(self) -> tuple[str, ...]:
+        """`[capture] hosts` as the live config has them now (a reload changes them)."""
+        return self.live.config.capture.hosts
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -318,6 +325,8 @@ class Capture:
                 )
             else:
                 usage = usage_of(state.endpoint, resp_reader)
+                if state.endpoint.provider == "bedrock" and flow.response is not None:
+                    usage = _with_bedrock_headers(usage, state.endpoint, flow.response.headers)
                 if resp_reader.parser is not None:
                     row.stream = True
             self._count_parse_errors(row, req_reader, resp_reader, usage)
@@ -381,6 +390,31 @@ def _apply_usage(row: Row, usage: Usage) -> None:
     row.reasoning_tokens = usage.reasoning_tokens
     row.usage_json = dump_raw_usage(usage.raw_usage)
     row.billed_cost_usd = usage.billed_cost_usd
+    # OpenAI prices flex/priority apart and reports the tier outside its usage object:
+    # kept on the row so `reprice` prices it as the daemon did.
+    tier = usage.extra.get("service_tier")
+    row.service_tier = tier if isinstance(tier, str) and tier else None
+
+
+def _with_bedrock_headers(
+    usage: Usage | None, endpoint: Endpoint, headers: http.Headers
+) -> Usage | None:
+    """Counts Bedrock reports in ``X-Amzn-Bedrock-*-Token-Count`` headers, where the body had none.
+
+    InvokeModel bodies are model-specific (Titan, Cohere, ... have no usage object we read);
+    the headers are not. A count the body gave is never overwritten. A body we could not
+    parse at all still gets the headers' counts (the row stays flagged for the parse error).
+    """
+    if usage is not None:
+        apply_token_headers(usage, headers)
+        return usage
+    fallback = Usage(provider=endpoint.provider, api=endpoint.api)
+    apply_token_headers(fallback, headers)
+    if fallback.input_tokens is None and fallback.output_tokens is None:
+        return None
+    # Counts only: the body that would say whether the answer was whole was unreadable.
+    fallback.complete = False
+    return fallback
 
 
 def _content_length(headers: http.Headers) -> int | None:

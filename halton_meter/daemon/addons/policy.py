@@ -1,23 +1,27 @@
-"""Which connections get TLS-intercepted: provider hosts only; everything else is tunnelled."""
+"""Which connections get TLS-intercepted: provider hosts only; everything else is tunnelled.
+
+The extra hosts (`[capture] hosts`) are read from the live config at each handshake, so a
+reload applies to every new connection.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from mitmproxy import tls
 
 from halton_meter.daemon.guard import fail_open
+from halton_meter.daemon.live import LiveConfig
 from halton_meter.daemon.stats import Stats
 from halton_meter.providers.hosts import is_intercepted
 
 
 class InterceptPolicy:
-    def __init__(self, extra_hosts: Sequence[str], stats: Stats) -> None:
-        self.extra_hosts = tuple(extra_hosts)
+    def __init__(self, live: LiveConfig, stats: Stats) -> None:
+        self.live = live
         self.stats = stats
 
     def intercepts(self, *hosts: str | None) -> bool:
-        return any(h and is_intercepted(h, self.extra_hosts) for h in hosts)
+        extra = self.live.config.capture.hosts
+        return any(h and is_intercepted(h, extra) for h in hosts)
 
     @fail_open("addon.policy.error")
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
