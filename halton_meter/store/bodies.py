@@ -6,6 +6,13 @@ request and its response share a directory across midnight). Files are 0600, dir
 the partial file is deleted and the sink records ``skipped = "body_too_large"`` (logging
 ``addon.body_capture.skip`` is the caller's job: it knows the flow).
 
+Cost: a stored body is three system calls, ``open(O_CREAT|O_EXCL)``, ``write``, ``close``.
+The day directory is not checked per file: the create itself is the check (ENOENT only for
+the first body of a day, or after someone removed the directory, and then it is made 0700
+and the create retried), so nothing can go stale. Bodies are not fsynced: the promise of
+durability is the row's (db.py); a body is a convenience copy, and the page cache keeps it
+through a kill -9 anyway. No chmod or stat afterwards: the mode is right from the create.
+
 Headers are never stored here, so credentials in them never reach disk; ``redact_query``
 strips credential query parameters from a URL or path before it goes into a row.
 """
@@ -13,6 +20,7 @@ strips credential query parameters from a URL or path before it goes into a row.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 from datetime import UTC, datetime
@@ -27,6 +35,8 @@ BodyKind = Literal["request", "response"]
 SKIP_TOO_LARGE = "body_too_large"
 SKIP_WRITE_ERROR = "write_error"
 
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_MS_PER_DAY = 86_400_000
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _CREDENTIAL_PARAMS = frozenset(
     {
@@ -53,6 +63,8 @@ class BodySink:
     def __init__(self, root: Path, relpath: str, max_bytes: int) -> None:
         self._root = root
         self._relpath = relpath
+        # A str, built once: os.open on it skips pathlib on every body.
+        self._file = os.path.join(root, relpath)
         self._max_bytes = max_bytes
         self._fd: int | None = None
         self._closed = False
@@ -62,7 +74,12 @@ class BodySink:
 
     @property
     def path(self) -> Path:
-        return self._root / self._relpath
+        return Path(self._file)
+
+    @property
+    def relpath(self) -> str:
+        """The file's path relative to the store's root, as a row names it (``day/id.kind``)."""
+        return self._relpath
 
     def write(self, chunk: bytes) -> None:
         self.bytes_seen += len(chunk)
@@ -73,25 +90,30 @@ class BodySink:
             return
         try:
             if self._fd is None:
-                ensure_dir(self.path.parent)
-                # O_EXCL: a row id is unique, so an existing file is never ours to overwrite.
-                self._fd = os.open(
-                    self.path,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                    SECRET_FILE_MODE,
-                )
-            view = memoryview(chunk)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+                self._fd = self._create()
+            written = os.write(self._fd, chunk)
+            if written < len(chunk):
+                view = memoryview(chunk)[written:]
+                while view:
+                    view = view[os.write(self._fd, view) :]
         except OSError as exc:
             # The sink sits inside a live stream: a full disk must never break the client's
             # response. Drop the body, keep the row.
             self._discard(SKIP_WRITE_ERROR)
             with contextlib.suppress(Exception):
                 get_logger(__name__).error(
-                    "store.body_write_error", path=str(self.path), error=repr(exc)
+                    "store.body_write_error", path=self._file, error=repr(exc)
                 )
+
+    def _create(self) -> int:
+        # O_EXCL: a row id is unique, so an existing file is never ours to overwrite.
+        # The mode applies from the create (the umask can only narrow it).
+        try:
+            return os.open(self._file, _CREATE_FLAGS, SECRET_FILE_MODE)
+        except FileNotFoundError:
+            # No day directory yet (the day's first body, or it was removed): make it, once.
+            ensure_dir(Path(self._file).parent)
+            return os.open(self._file, _CREATE_FLAGS, SECRET_FILE_MODE)
 
     def close(self) -> str | None:
         """Finish the file. Returns its path relative to the store's root, or None when
@@ -124,7 +146,7 @@ class BodySink:
         self._result = None
         if created:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                os.unlink(self._file)
 
 
 class BodyStore:
@@ -147,12 +169,17 @@ class BodyStore:
 def _row_day(row_id: str) -> str:
     # Row ids start with 12 hex digits of epoch milliseconds (model.new_row_id).
     try:
-        millis = int(row_id[:12], 16)
-        when = datetime.fromtimestamp(millis / 1000, UTC)
-        if not 2000 <= when.year <= 2200:
-            raise ValueError(row_id)
+        return _day_name(int(row_id[:12], 16) // _MS_PER_DAY)
     except (ValueError, OverflowError, OSError):
-        when = datetime.now(UTC)
+        return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+@functools.lru_cache(maxsize=8)
+def _day_name(day: int) -> str:
+    # Cached: every body of a day names the same directory; formatting a date per file is waste.
+    when = datetime.fromtimestamp(day * 86_400, UTC)
+    if not 2000 <= when.year <= 2200:
+        raise ValueError(day)
     return when.strftime("%Y-%m-%d")
 
 
