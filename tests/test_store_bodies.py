@@ -156,3 +156,71 @@ def test_abort_after_close_removes_the_file(hm_home: Path) -> None:
     sink.abort("flow_error")
     assert not sink.path.exists()
     assert sink.close() is None
+
+
+def test_a_body_in_an_existing_day_directory_is_create_write_close_only(
+    hm_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BodyStore(Home.resolve().bodies, max_bytes=1 << 20)
+    row_id = new_row_id()
+    first = store.open(row_id, "request")
+    first.write(b"makes the day directory")
+    assert first.close() is not None
+
+    # Anything beyond open/write/close on the per-body path is a cost the daemon pays per
+    # request: directory checks, mode fixes and fsyncs must not happen once the day exists.
+    extra: list[str] = []
+    for name in ("mkdir", "makedirs", "stat", "lstat", "chmod", "fchmod", "umask", "fsync"):
+        real = getattr(os, name)
+
+        def _spy(*args: object, _name: str = name, _real: object = real, **kw: object) -> object:
+            extra.append(_name)
+            return _real(*args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(os, name, _spy)
+    second = store.open(row_id, "response")
+    second.write(b"the response")
+    rel = second.close()
+    monkeypatch.undo()
+    assert extra == []
+    assert rel == second.relpath
+    assert store.resolve(rel).read_bytes() == b"the response"
+    assert _mode(store.resolve(rel)) == 0o600
+
+
+def test_a_removed_day_directory_is_made_again_private(hm_home: Path) -> None:
+    root = Home.resolve().bodies
+    store = BodyStore(root, max_bytes=1000)
+    row_id = new_row_id()
+    first = store.open(row_id, "request")
+    first.write(b"one")
+    rel = first.close()
+    assert rel is not None
+    (root / rel).unlink()
+    (root / rel).parent.rmdir()  # someone pruned the day (or the whole tree) under us
+    root.rmdir()
+
+    old = os.umask(0)  # the widest umask: modes must come from the create, not from luck
+    try:
+        again = store.open(row_id, "response")
+        again.write(b"two")
+        rel2 = again.close()
+    finally:
+        os.umask(old)
+    assert rel2 is not None and again.skipped is None
+    assert store.resolve(rel2).read_bytes() == b"two"
+    assert _mode(root) == 0o700
+    assert _mode(store.resolve(rel2).parent) == 0o700
+    assert _mode(store.resolve(rel2)) == 0o600
+
+
+def test_day_directory_is_the_row_ids_utc_day_at_midnight(hm_home: Path) -> None:
+    store = BodyStore(Home.resolve().bodies, max_bytes=1000)
+    last_ms = 1_796_428_799_999  # 2026-12-04T23:59:59.999Z
+    before = f"{last_ms:012x}{'0' * 16}"
+    after = f"{last_ms + 1:012x}{'0' * 16}"
+    assert store.open(before, "request").relpath == f"2026-12-04/{before}.request"
+    assert store.open(after, "response").relpath == f"2026-12-05/{after}.response"
+    # A name that is not a time-ordered id still lands in a dated directory (today's).
+    odd = store.open("zz-not-hex", "request").relpath
+    assert odd.endswith("/zz-not-hex.request") and len(odd.split("/")[0]) == 10
