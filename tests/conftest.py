@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixture modules are imported by name from test modules: let pytest rewrite their asserts.
+pytest.register_assert_rewrite("fixtures_daemon", "fixtures_install", "hmtest")
+
 
 @pytest.fixture
 def hm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
