@@ -204,3 +204,84 @@ def test_macos_adapters_run_the_exact_command_lines(machine: Machine) -> None:
         ["networksetup", "-setwebproxystate", "Thunderbolt Bridge", "off"],
         ["networksetup", "-setsecurewebproxystate", "Thunderbolt Bridge", "off"],
     ]
+
+
+_METERED_CLIENTS = """
+set -e
+curl -sS -o /dev/null -w '%{http_code}\\n' https://api.anthropic.com/v1/messages \\
+  -H 'x-api-key: sk-ant-test' -H 'anthropic-version: 2023-06-01' \\
+  -H 'content-type: application/json' \\
+  -d '{"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}'
+@PYTHON@ -c '
+import anthropic
+m = anthropic.Anthropic(api_key="sk-ant-test").messages.create(
+    model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+print(m.usage.output_tokens)
+'
+"""
+
+
+def test_init_apps_then_a_fresh_login_shell_meters_curl_and_the_python_sdk(
+    machine: Machine,
+) -> None:
+    """The real `init --apps` (service start and self-test included); then a new login shell,
+    with nothing but the user's dotfiles, is metered without `run`."""
+    import sqlite3
+    import sys
+
+    from hmtest import wait_until
+
+    from halton_meter.sim import ProviderSim
+
+    # Debian's skeleton: a login shell reads ~/.profile, which sources ~/.bashrc.
+    (machine.home / ".profile").write_text('[ -f "$HOME/.bashrc" ] && . "$HOME/.bashrc"\n')
+    (machine.home / ".bashrc").write_text(USER_BASHRC + "\n")
+    with ProviderSim(machine.root / "sim") as sim:
+        machine.meter.mkdir(parents=True)
+        (machine.meter / "config.toml").write_text(
+            "[upstream]\n"
+            f'resolve = {{ "api.anthropic.com:443" = "127.0.0.1:{sim.port}" }}\n'
+            f'ca_bundle = "{sim.ca_path}"\n'
+        )
+        env = machine.env(**machine.standins("systemctl"))
+        try:
+            init = subprocess.run(
+                [*HM, "init", "--apps"], env=env, capture_output=True, text=True, timeout=120
+            )
+            assert init.returncode == 0, init.stdout + init.stderr
+            assert "self-test: ok" in init.stdout
+            shell_env = {
+                k: v
+                for k, v in env.items()
+                if k not in ("HTTPS_PROXY", "HTTP_PROXY", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+            }
+            shell = subprocess.run(
+                ["bash", "-l", "-c", _METERED_CLIENTS.replace("@PYTHON@", sys.executable)],
+                env=shell_env,
+                cwd=machine.home,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
+            assert shell.returncode == 0, shell.stderr
+            assert shell.stdout.split()[0] == "200"
+
+            def rows() -> list[tuple[str, str, int]]:
+                db = machine.meter / "db.sqlite"
+                if not db.exists():
+                    return []
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                    return conn.execute(
+                        "SELECT tool, model, output_tokens FROM requests ORDER BY ts"
+                    ).fetchall()
+
+            found = wait_until(lambda: len(rows()) >= 2 and rows(), timeout=15, what="2 rows")
+            assert [(t, m) for t, m, _ in found] == [
+                ("curl", "claude-sonnet-4-5"),
+                ("python", "claude-haiku-4-5"),
+            ]
+            assert found[1][2] == int(shell.stdout.split()[1])
+        finally:
+            stop = subprocess.run([*HM, "stop"], env=env, capture_output=True, text=True)
+            assert stop.returncode == 0, stop.stderr
