@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fixtures_daemon import SIM_HOSTS, DaemonHandle, sim_config, start_daemon
 from halton_watchdog.config_watch import catches_sighup, plan_for
-from hmtest import wait_until
+from hmtest import free_port, wait_until
 
 from halton_meter.core.config import load_config
 from halton_meter.core.paths import Home
@@ -220,3 +220,64 @@ def test_sighup_with_an_unreadable_ca_bundle_is_refused_whole(
         assert len(a.requests) == before_a + 1  # old map
     finally:
         d.stop()
+
+
+# -- the real watchdog path ---------------------------------------------------------------------
+
+
+def test_watchdog_applies_a_capture_edit_by_sighup_not_restart(
+    hm_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`halton-meter start` (real supervisord, watchdog and daemon): a `[capture]` edit reaches
+    the running daemon as SIGHUP (the kernel shows its handler), same pid, applied live."""
+    from halton_meter.service import control
+    from halton_meter.service.orphans import end_processes, our_processes
+    from halton_meter.service.rpc import program_infos
+
+    entries: list[Any] = []
+    spawn = control.spawn_entry
+
+    def recording_spawn(home: Home) -> Any:
+        entries.append(spawn(home))
+        return entries[-1]
+
+    monkeypatch.setattr(control, "spawn_entry", recording_spawn)
+    home = Home.resolve()
+    pins = "[ports]\n" + "".join(f"{k} = {free_port()}\n" for k in ("edge", "daemon", "api"))
+    home.config.write_text(pins)
+    try:
+        outcome = control.start(home)
+        assert outcome.ok, outcome.message
+
+        def daemon_pid() -> int | None:
+            infos = program_infos(home) or {}
+            info = infos.get("daemon")
+            return info.pid if info is not None and info.state == "RUNNING" else None
+
+        pid = wait_until(daemon_pid, timeout=30, what="daemon running")
+        wait_until(lambda: catches_sighup(pid), timeout=10, what="SIGHUP handler installed")
+        out_log = home.daemon_out_log
+
+        gates = iter(range(SMALL_GATE, SMALL_GATE + 1000))
+
+        def reloaded() -> list[dict[str, Any]]:
+            # Rewritten (a new value each time) until seen: the watchdog's watcher arms a
+            # moment after it starts, and it compares with the config it loaded then.
+            if not events(out_log.read_text(errors="replace"), "config.reloaded"):
+                home.config.write_text(pins + f"[capture]\nbody_max_bytes = {next(gates)}\n")
+            return events(out_log.read_text(errors="replace"), "config.reloaded")
+
+        found = wait_until(reloaded, timeout=30, interval=0.5, what="daemon reloaded")
+        assert "capture.body_max_bytes" in found[0]["changed"]
+        assert daemon_pid() == pid  # applied live, not restarted
+        watchdog_log = (home.root / "watchdog.out.log").read_text(errors="replace")
+        assert any(
+            e.get("program") == "daemon" and e.get("mode") == "sighup"
+            for e in events(watchdog_log, "config.reloaded")
+        ), watchdog_log[-2000:]
+    finally:
+        control.stop(home)
+        end_processes(our_processes(home), timeout=3)
+        for entry in entries:
+            entry.kill()
+            entry.wait(5)
