@@ -14,11 +14,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from halton_meter import __version__
-from halton_meter.api.params import GROUP_KEYS, parse_since
 from halton_meter.api.token import ensure_api_token, read_api_token
 from halton_meter.core.logging import get_logger
 from halton_meter.core.paths import Home
 from halton_meter.store import db, queries
+from halton_meter.store.timefilter import parse_time
 
 
 class _TokenCheck:
@@ -80,13 +80,11 @@ def _report(
     by: str | None,
 ) -> dict[str, Any]:
     try:
-        since_dt = parse_since(since) if since else None
+        since_dt = parse_time(since) if since else None
+        if by is not None:
+            queries.check_group_key(by)
     except ValueError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from None
-    if by is not None and by not in GROUP_KEYS:
-        raise HTTPException(
-            status_code=400, detail=f"cannot group by {by!r}; choose one of {', '.join(GROUP_KEYS)}"
-        )
     filters: dict[str, Any] = {
         "since": since_dt,
         "project": project,

@@ -12,40 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sqlite3
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import typer
 
 from halton_meter.core.paths import Home
 from halton_meter.store import db, queries
+from halton_meter.store.timefilter import parse_time
 
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_TIME_FIX = (
-    "use an ISO date (2026-12-01), an ISO datetime (2026-12-01T09:30; UTC unless it has an "
-    "offset) or an age like 30m, 24h, 7d, 2w"
-)
 _NO_CAPTURES = "No captures yet"
 API_EQ_MARK = "~"
 _API_EQ_LEGEND = f"{API_EQ_MARK} = API-equivalent price of subscription traffic, not spend"
-
-
-def parse_time(value: str, *, now: datetime | None = None) -> datetime:
-    """An absolute time or an age (24h = 24 hours ago); ValueError with the fix otherwise."""
-    now = now or datetime.now(UTC)
-    match = _RELATIVE.match(value)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2).lower()
-        return now - timedelta(**{_UNITS[unit]: amount})
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"{value!r} is not a time: {_TIME_FIX}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _time_option(value: str | None) -> str | None:
@@ -53,16 +32,17 @@ def _time_option(value: str | None) -> str | None:
     if value is not None:
         try:
             parse_time(value)
-        except ValueError:
-            raise typer.BadParameter(f"{value!r} is not a time: {_TIME_FIX}") from None
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     return value
 
 
 def _by_option(value: str | None) -> str | None:
-    if value is not None and value not in queries.GROUP_KEYS:
-        raise typer.BadParameter(
-            f"cannot group by {value!r}; use one of: {', '.join(queries.GROUP_KEYS)}"
-        )
+    if value is not None:
+        try:
+            queries.check_group_key(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     return value
 
 

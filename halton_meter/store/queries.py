@@ -105,6 +105,13 @@ def _filters(
     return Filters(since, until, project, model, provider, tool)
 
 
+def check_group_key(key: str) -> str:
+    """``key`` if rows can be grouped by it; ValueError naming the choices otherwise."""
+    if key not in GROUP_KEYS:
+        raise ValueError(f"cannot group by {key!r}; choose one of: {', '.join(GROUP_KEYS)}")
+    return key
+
+
 def query_rows(
     conn: sqlite3.Connection,
     *,
@@ -163,8 +170,7 @@ def group_by(
     """One dict per distinct ``key`` value: ``{key: value, requests, <token sums>, cost_usd,
     api_equivalent_usd, unpriced, partial}``. Days newest first; other keys by spend, then
     API-equivalent cost, then requests, descending."""
-    if key not in GROUP_KEYS:
-        raise ValueError(f"cannot group by {key!r}; choose one of {', '.join(GROUP_KEYS)}")
+    check_group_key(key)
     if not db.has_requests_table(conn):
         return []
     filters = _filters(since, until, project, model, provider, tool)
