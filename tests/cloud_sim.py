@@ -1,7 +1,7 @@
 """A simulator of the Halton Meter Cloud API, for tests: a REAL HTTPS server on loopback.
 
-FastAPI on uvicorn in a thread, TLS with its own throwaway CA (the client trusts it through
-``[upstream] ca_bundle``). Implements whoami, pair, revoke and the batch endpoint, records
+FastAPI on uvicorn in a thread, TLS from halton_meter.sim.ca's throwaway CA (the client trusts
+it through ``[upstream] ca_bundle``). Implements whoami, pair, revoke and the batch endpoint, records
 every request and every accepted row id, and has knobs for each failure the sync classifies:
 
 - ``add_key(key, status="ok"|"revoked"|"forbidden")``: whoami and batch answer 200/401/403
@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
-import ipaddress
 import socket
 import threading
 import time
@@ -28,84 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-
-def make_certs(directory: Path) -> tuple[Path, Path, Path]:
-    """(ca.pem, leaf.pem, leaf-key.pem): a CA and a leaf for 127.0.0.1 and localhost."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "halton cloud sim CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(leaf_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path = directory / "cloud-ca.pem"
-    leaf_path = directory / "cloud-leaf.pem"
-    key_path = directory / "cloud-leaf-key.pem"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    leaf_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return ca_path, leaf_path, key_path
+from halton_meter.sim.ca import ensure_sim_certs
 
 
 @dataclass
@@ -124,7 +48,9 @@ class Forced:
 
 class CloudSim:
     def __init__(self, cert_dir: Path) -> None:
-        self.ca_path, self._leaf, self._leaf_key = make_certs(cert_dir)
+        # The provider simulator's CA and leaf (its SANs cover 127.0.0.1 and localhost).
+        certs = ensure_sim_certs(cert_dir)
+        self.ca_path, self._leaf, self._leaf_key = certs.ca_cert, certs.leaf_cert, certs.leaf_key
         self.lock = threading.Lock()
         self.keys: dict[str, KeyInfo] = {}
         self.pair_codes: dict[str, str] = {}  # code -> machine_id
