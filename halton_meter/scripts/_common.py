@@ -1,18 +1,20 @@
-"""Shared plumbing for the backfill scripts: arguments, the store, short write batches."""
+"""Shared plumbing for the backfill scripts: arguments, the store, dry-run/apply, short write
+batches, the summary line."""
 
 from __future__ import annotations
 
 import argparse
 import sqlite3
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from halton_meter.core.paths import Home
 from halton_meter.store import db
 
 BATCH = 200
+_Change = TypeVar("_Change")
 
 
 def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -24,6 +26,42 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None) -> argpa
     )
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     return parser.parse_args(argv)
+
+
+def run(
+    prog: str,
+    description: str,
+    argv: Sequence[str] | None,
+    *,
+    noun: str,
+    plan: Callable[[sqlite3.Connection, Home], list[_Change]],
+    describe: Callable[[_Change], str],
+    write: Callable[[sqlite3.Connection, list[_Change], str], int],
+) -> int:
+    """A backfill's ``main``: plan the changes, print them (unless --quiet), then either say
+    what would change (dry-run) or ``write`` them (with an updated_at stamp) and say how many
+    did."""
+    args = parse_args(prog, description, argv)
+    home = Home.resolve()
+    conn = open_store(home)
+    if conn is None:
+        return 0
+    try:
+        changes = plan(conn, home)
+        if not args.quiet:
+            for change in changes:
+                print(describe(change))
+        if not args.apply:
+            print(
+                f"{prog}: {len(changes)} {noun} would change "
+                f"(dry-run; re-run with --apply to write)"
+            )
+            return 0
+        changed = write(conn, changes, now_text())
+        print(f"{prog}: {changed} {noun} changed")
+        return 0
+    finally:
+        conn.close()
 
 
 def open_store(home: Home) -> sqlite3.Connection | None:

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePath
 
-from halton_meter.core.paths import Home
-from halton_meter.scripts._common import apply_updates, now_text, open_store, parse_args
+from halton_meter.scripts._common import apply_updates, run
 
 MISSING_NOTE = "body_missing"
 _KINDS = ("request", "response")
@@ -120,34 +119,28 @@ def _params(fixes: list[Fix], stamp: str) -> list[tuple[str, Sequence[object]]]:
     return out
 
 
+def _describe(f: Fix) -> str:
+    target = f.new if f.new is not None else f"NULL (note {MISSING_NOTE})"
+    return f"{f.row_id} {f.column}: {f.old} -> {target}"
+
+
+def _write(conn: sqlite3.Connection, fixes: list[Fix], stamp: str) -> int:
+    by_sql: dict[str, list[Sequence[object]]] = {}
+    for sql, params in _params(fixes, stamp):
+        by_sql.setdefault(sql, []).append(params)
+    return sum(apply_updates(conn, sql, batch) for sql, batch in by_sql.items())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(
-        "backfill_body_paths", "Correct stale, absolute or missing body file paths.", argv
+    return run(
+        "backfill_body_paths",
+        "Correct stale, absolute or missing body file paths.",
+        argv,
+        noun="path(s)",
+        plan=lambda conn, home: plan(conn, home.bodies),
+        describe=_describe,
+        write=_write,
     )
-    home = Home.resolve()
-    conn = open_store(home)
-    if conn is None:
-        return 0
-    try:
-        fixes = plan(conn, home.bodies)
-        if not args.quiet:
-            for f in fixes:
-                target = f.new if f.new is not None else f"NULL (note {MISSING_NOTE})"
-                print(f"{f.row_id} {f.column}: {f.old} -> {target}")
-        if not args.apply:
-            print(
-                f"backfill_body_paths: {len(fixes)} path(s) would change "
-                f"(dry-run; re-run with --apply to write)"
-            )
-            return 0
-        by_sql: dict[str, list[Sequence[object]]] = {}
-        for sql, params in _params(fixes, now_text()):
-            by_sql.setdefault(sql, []).append(params)
-        changed = sum(apply_updates(conn, sql, batch) for sql, batch in by_sql.items())
-        print(f"backfill_body_paths: {changed} path(s) changed")
-        return 0
-    finally:
-        conn.close()
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ import psutil
 from halton_meter.core.paths import Home
 from halton_meter.edge.attribution import Attribution, Attributor
 from halton_meter.edge.registry import Registry
-from halton_meter.scripts._common import apply_updates, now_text, open_store, parse_args
+from halton_meter.scripts._common import apply_updates, run
 
 _UPDATE = "UPDATE requests SET project = ?, tier = ?, updated_at = ? WHERE id = ? AND tier = 'misc'"
+_Change = tuple[sqlite3.Row, Attribution]
 
 
 def _live_cwd(pid: int | None, ts: str) -> str | None:
@@ -42,7 +43,7 @@ def _live_cwd(pid: int | None, ts: str) -> str | None:
         return None
 
 
-def plan(conn: sqlite3.Connection, attributor: Attributor) -> list[tuple[sqlite3.Row, Attribution]]:
+def plan(conn: sqlite3.Connection, attributor: Attributor) -> list[_Change]:
     rows = conn.execute(
         "SELECT id, ts, tool, project, tier, client_pid, client_cwd FROM requests "
         "WHERE tier = 'misc' ORDER BY seq"
@@ -58,37 +59,34 @@ def plan(conn: sqlite3.Connection, attributor: Attributor) -> list[tuple[sqlite3
     return changes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(
-        "backfill_misc_attribution", "Attribute historical misc rows that resolve now.", argv
+def _plan(conn: sqlite3.Connection, home: Home) -> list[_Change]:
+    return plan(conn, Attributor(Registry(home.registry), scan_roots=[]))
+
+
+def _describe(change: _Change) -> str:
+    row, found = change
+    return (
+        f"{row['id']} {row['ts']} {row['tool']}: misc -> {found.project} "
+        f"(tier {found.tier}, from {row['client_cwd'] or 'pid ' + str(row['client_pid'])})"
     )
-    home = Home.resolve()
-    conn = open_store(home)
-    if conn is None:
-        return 0
-    try:
-        attributor = Attributor(Registry(home.registry), scan_roots=[])
-        changes = plan(conn, attributor)
-        if not args.quiet:
-            for row, found in changes:
-                print(
-                    f"{row['id']} {row['ts']} {row['tool']}: misc -> {found.project} "
-                    f"(tier {found.tier}, from {row['client_cwd'] or 'pid ' + str(row['client_pid'])})"
-                )
-        if not args.apply:
-            print(
-                f"backfill_misc_attribution: {len(changes)} row(s) would change "
-                f"(dry-run; re-run with --apply to write)"
-            )
-            return 0
-        stamp = now_text()
-        changed = apply_updates(
-            conn, _UPDATE, ((f.project, f.tier, stamp, row["id"]) for row, f in changes)
-        )
-        print(f"backfill_misc_attribution: {changed} row(s) changed")
-        return 0
-    finally:
-        conn.close()
+
+
+def _write(conn: sqlite3.Connection, changes: list[_Change], stamp: str) -> int:
+    return apply_updates(
+        conn, _UPDATE, ((f.project, f.tier, stamp, row["id"]) for row, f in changes)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(
+        "backfill_misc_attribution",
+        "Attribute historical misc rows that resolve now.",
+        argv,
+        noun="row(s)",
+        plan=_plan,
+        describe=_describe,
+        write=_write,
+    )
 
 
 if __name__ == "__main__":
