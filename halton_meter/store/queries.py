@@ -78,20 +78,9 @@ class Filters:
     tool: str | None = None
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if self.since is not None:
-            clauses.append("ts >= ?")
-            args.append(format_ts(self.since))
-        if self.until is not None:
-            clauses.append("ts < ?")
-            args.append(format_ts(self.until))
-        for column in ("project", "model", "provider", "tool"):
-            value = getattr(self, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+        lo = format_ts(self.since) if self.since is not None else None
+        hi = format_ts(self.until) if self.until is not None else None
+        return _where(self, "ts", lo, hi)
 
 
 def _filters(
@@ -218,31 +207,15 @@ def _aggregate(conn: sqlite3.Connection, filters: Filters, key: str | None) -> d
                 acc[i] += value or 0
 
     raw_ranges, day_range = _split_range(filters.since, filters.until)
-    key_where, key_args = _key_filters(filters)
     if day_range is not None:
-        clauses, args = list(key_where), list(key_args)
-        first_day, end_day = day_range
-        if first_day is not None:
-            clauses.append("day >= ?")
-            args.append(first_day)
-        if end_day is not None:
-            clauses.append("day < ?")
-            args.append(end_day)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, args = _where(filters, "day", *day_range)
         expr = _ROLLUP_KEYS[key] if key else "NULL"
         _merge(
             conn.execute(f"SELECT {expr}, {_ROLLUP_SUMS} FROM rollup_daily{where} GROUP BY 1", args)
         )
     raw_expr = GROUP_KEYS[key] if key else "NULL"
     for lo, hi in raw_ranges:
-        clauses, args = list(key_where), list(key_args)
-        if lo is not None:
-            clauses.append("ts >= ?")
-            args.append(lo)
-        if hi is not None:
-            clauses.append("ts < ?")
-            args.append(hi)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, args = _where(filters, "ts", lo, hi)
         _merge(
             conn.execute(
                 f"SELECT {raw_expr}, {_RAW_SUMS} FROM requests AS r{where} GROUP BY 1", args
@@ -259,15 +232,23 @@ def _aggregate(conn: sqlite3.Connection, filters: Filters, key: str | None) -> d
     return out
 
 
-def _key_filters(filters: Filters) -> tuple[list[str], list[Any]]:
+def _where(filters: Filters, column: str, lo: str | None, hi: str | None) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` (or "") and its arguments: the filters' key columns, and ``column``
+    in [lo, hi) for the bounds given."""
     clauses: list[str] = []
     args: list[Any] = []
-    for column in ("project", "model", "provider", "tool"):
-        value = getattr(filters, column)
+    for name in ("project", "model", "provider", "tool"):
+        value = getattr(filters, name)
         if value is not None:
-            clauses.append(f"{column} = ?")
+            clauses.append(f"{name} = ?")
             args.append(value)
-    return clauses, args
+    if lo is not None:
+        clauses.append(f"{column} >= ?")
+        args.append(lo)
+    if hi is not None:
+        clauses.append(f"{column} < ?")
+        args.append(hi)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
 _Range = tuple[str | None, str | None]
