@@ -65,13 +65,20 @@ def _quarantine(path: Path, error: str) -> None:
     get_logger().warning("state.corrupt", file=str(path), error=error, moved_to=str(aside))
 
 
-def _read_ports_json(path: Path) -> EffectivePorts | None:
+def _read_state(path: Path) -> bytes | None:
+    """The file's bytes; None when it is missing or unreadable (logged: never fatal)."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         get_logger().warning("state.unreadable", file=str(path), error=str(exc))
+        return None
+
+
+def _read_ports_json(path: Path) -> EffectivePorts | None:
+    raw = _read_state(path)
+    if raw is None:
         return None
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -82,12 +89,8 @@ def _read_ports_json(path: Path) -> EffectivePorts | None:
 
 
 def _read_runtime(path: Path) -> dict[str, Any] | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        get_logger().warning("state.unreadable", file=str(path), error=str(exc))
+    raw = _read_state(path)
+    if raw is None:
         return None
     try:
         data = tomlkit.parse(raw.decode("utf-8")).unwrap()
