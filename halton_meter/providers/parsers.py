@@ -87,11 +87,9 @@ class SseStreamParser:
                 h = _clone(h)
                 for ev in tail:
                     h.on_text(ev.data, ev.event)
-            return h.snapshot()
         except Exception as e:
-            u = Usage(provider=self._h.u.provider, api=self._h.u.api)
-            note_parse_error(u, f"{type(e).__name__}: {e}")
-            return u
+            return _failed(self._h, e)
+        return _snapshot(h)
 
 
 class JsonArrayStreamParser:
@@ -115,11 +113,7 @@ class JsonArrayStreamParser:
             self._h.parse_error(f"{type(e).__name__}: {e}")
 
     def result(self) -> Usage:
-        try:
-            u = self._h.snapshot()
-        except Exception as e:
-            u = Usage(provider=self._h.u.provider, api=self._h.u.api)
-            note_parse_error(u, f"{type(e).__name__}: {e}")
+        u = _snapshot(self._h)
         if self._split.closed and u.error is None:
             u.complete = True
         return u
@@ -143,11 +137,7 @@ class EventStreamParser:
             self._h.parse_error(f"{type(e).__name__}: {e}")
 
     def result(self) -> Usage:
-        try:
-            u = self._h.snapshot()
-        except Exception as e:
-            u = Usage(provider=self._h.u.provider, api=self._h.u.api)
-            note_parse_error(u, f"{type(e).__name__}: {e}")
+        u = _snapshot(self._h)
         if self._dec.buffered:
             u.extra["truncated_bytes"] = self._dec.buffered
         return u
@@ -183,6 +173,20 @@ class BufferedJsonParser:
         except Exception as e:  # incomplete body (abort) or not JSON
             note_parse_error(u, f"{type(e).__name__}: {e}")
             return u
+
+
+def _snapshot(h: Handler) -> Usage:
+    """The handler's usage; when even that fails, an empty Usage noting the parse error."""
+    try:
+        return h.snapshot()
+    except Exception as e:
+        return _failed(h, e)
+
+
+def _failed(h: Handler, e: Exception) -> Usage:
+    u = Usage(provider=h.u.provider, api=h.u.api)
+    note_parse_error(u, f"{type(e).__name__}: {e}")
+    return u
 
 
 def _clone(h: Handler) -> Handler:
