@@ -170,6 +170,36 @@ def _serial() -> int:
     return x509.random_serial_number() >> 1 or 1
 
 
+def _key_usage(*, signs_certs: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certs,
+        crl_sign=signs_certs,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _write_pair(
+    cert_path: Path, cert: x509.Certificate, key_path: Path, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """The private key first (0600), then the certificate (0644): a cert never stands without
+    its key."""
+    write_secret(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+
+
 def _write_ca(certs: SimCerts) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
@@ -189,35 +219,14 @@ def _write_ca(certs: SimCerts) -> tuple[x509.Certificate, ec.EllipticCurvePrivat
         .not_valid_before(now - _dt.timedelta(days=1))
         .not_valid_after(now + _dt.timedelta(days=730))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certs=True), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
         .sign(key, hashes.SHA256())
     )
-    write_secret(
-        certs.ca_key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    atomic_write(certs.ca_cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    _write_pair(certs.ca_cert, cert, certs.ca_key, key)
     return cert, key
 
 
@@ -243,20 +252,7 @@ def _write_leaf(
         .not_valid_after(now + _dt.timedelta(days=730))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(signs_certs=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -264,12 +260,4 @@ def _write_leaf(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    write_secret(
-        certs.leaf_key,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    atomic_write(certs.leaf_cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    _write_pair(certs.leaf_cert, cert, certs.leaf_key, key)
