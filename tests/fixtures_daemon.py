@@ -28,16 +28,16 @@ import os
 import signal
 import sqlite3
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
-from hmtest import PYTHON, REPO, clean_env, free_port, port_open
+from fixtures_process import ProcessHandle, spawn
+from hmtest import PYTHON, clean_env, free_port
 
 from halton_meter.sim import ProviderSim
 
@@ -58,7 +58,6 @@ COMPATIBLE_HOST = "api.groq.com"
 DOWN_HOST = "down.example.org"
 
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 
 
 def sim_config(
@@ -82,16 +81,14 @@ def sim_config(
 
 
 @dataclass
-class DaemonHandle:
-    port: int
-    home: Path
+class DaemonHandle(ProcessHandle):
     sim: ProviderSim
-    proc: subprocess.Popen[bytes]
-    _stopped: bool = field(default=False, repr=False)
+
+    program: ClassVar[str] = "daemon"
 
     @property
     def proxy_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.url
 
     @property
     def ca_cert(self) -> Path:
@@ -101,14 +98,6 @@ class DaemonHandle:
     @property
     def db(self) -> Path:
         return self.home / "db.sqlite"
-
-    @property
-    def out_log(self) -> Path:
-        return self.home / "daemon.out.log"
-
-    @property
-    def err_log(self) -> Path:
-        return self.home / "daemon.err.log"
 
     def stdout(self) -> str:
         return self.out_log.read_text(errors="replace") if self.out_log.exists() else ""
@@ -171,23 +160,6 @@ class DaemonHandle:
 
     # -- process ----------------------------------------------------------------------------
 
-    def check_alive(self) -> None:
-        rc = self.proc.poll()
-        if rc is not None and not self._stopped:
-            raise AssertionError(f"daemon exited with {rc}\nstderr:\n{self.stderr()[-4000:]}")
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM by pid; SIGKILL after ``timeout``. Returns the exit code."""
-        self._stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
-
     def kill9(self) -> None:
         self._stopped = True
         if self.proc.poll() is None:
@@ -208,38 +180,13 @@ def start_daemon(
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     (home / "config.toml").write_text(config_text if config_text is not None else sim_config(sim))
     port = port or free_port()
-    env = clean_env(home, **dict(env_extra or {}))
-    with (
-        open(home / "daemon.out.log", "ab") as out,
-        open(home / "daemon.err.log", "ab") as err,
-    ):
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "halton_meter.daemon", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
+    args = [PYTHON, "-m", "halton_meter.daemon", "--port", str(port)]
+    proc = spawn("daemon", args, home, clean_env(home, **dict(env_extra or {})))
     handle = DaemonHandle(port=port, home=home, sim=sim, proc=proc)
     if wait:
-        try:
-            _wait_listening(handle)
-        except BaseException:
-            handle.stop()
-            raise
+        health = home / "run" / "daemon.json"
+        handle.wait_listening(START_TIMEOUT_S, ready=health.exists)
     return handle
-
-
-def _wait_listening(handle: DaemonHandle) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    health = handle.home / "run" / "daemon.json"
-    while time.monotonic() < deadline:
-        handle.check_alive()
-        if health.exists() and port_open(handle.port):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"daemon did not listen within {START_TIMEOUT_S}s:\n{handle.stderr()}")
 
 
 @pytest.fixture

@@ -14,34 +14,19 @@ import json
 import os
 import signal
 import subprocess
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from hmtest import PYTHON, REPO, clean_env, free_port, port_open
+from fixtures_process import ProcessHandle, spawn
+from hmtest import PYTHON, clean_env, free_port
 
 START_TIMEOUT_S = 20.0
 
 
 @dataclass
-class EdgeHandle:
-    port: int
-    home: Path
-    proc: subprocess.Popen[bytes]
-    _stopped: bool = field(default=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def out_log(self) -> Path:
-        return self.home / "edge.out.log"
-
-    @property
-    def err_log(self) -> Path:
-        return self.home / "edge.err.log"
+class EdgeHandle(ProcessHandle):
+    program: ClassVar[str] = "edge"
 
     def logs(self) -> str:
         parts = [p.read_text(errors="replace") for p in (self.out_log, self.err_log) if p.exists()]
@@ -61,21 +46,8 @@ class EdgeHandle:
     def stats(self) -> dict[str, Any]:
         return dict(json.loads((self.home / "edge-stats.json").read_text()))
 
-    def check_alive(self) -> None:
-        rc = self.proc.poll()
-        if rc is not None and not self._stopped:
-            raise AssertionError(f"edge exited with {rc}\n{self.logs()[-4000:]}")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        self._stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+    def failure_details(self) -> str:
+        return self.logs()
 
 
 def start_edge(
@@ -93,24 +65,10 @@ def start_edge(
         args += ["--daemon-port", str(daemon_port)]
     if daemon_timeout is not None:
         args += ["--daemon-timeout", str(daemon_timeout)]
-    with open(home / "edge.out.log", "ab") as out, open(home / "edge.err.log", "ab") as err:
-        proc = subprocess.Popen(
-            args,
-            cwd=REPO,
-            env=clean_env(home, **(env_extra or {})),
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
+    proc = spawn("edge", args, home, clean_env(home, **(env_extra or {})))
     handle = EdgeHandle(port=port, home=home, proc=proc)
     if wait:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port_open(port):
-            handle.check_alive()
-            if time.monotonic() > deadline:
-                handle.stop()
-                raise AssertionError(f"edge did not listen:\n{handle.logs()}")
-            time.sleep(0.05)
+        handle.wait_listening(START_TIMEOUT_S)
     return handle
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported by name)
 """Fail-open: whatever the daemon does (down, killed, stuck, moved), clients keep working."""
 
 from __future__ import annotations
@@ -6,10 +7,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from fixtures_daemon import provider_sim as sim  # noqa: F401  (the `sim` fixture)
 from fixtures_daemon import sim_config, start_daemon
 from fixtures_edge import client_env, run_curl, run_python_sdk, start_edge, trust_bundle
 from hmtest import PYTHON, free_port, wait_until
@@ -34,15 +34,6 @@ for line in sys.stdin:
                           messages=[{"role": "user", "content": line.strip()}])
     print("OK", m.usage.output_tokens, flush=True)
 """
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[ProviderSim]:
-    s = ProviderSim(tmp_path / "sim").start(http_port=0)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def _ask(proc: subprocess.Popen[str], text: str) -> str:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported by name)
 """The edge on its own (no daemon): tunnels, plain HTTP, loop refusal, concurrency, errors."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fixtures_daemon import provider_sim as sim  # noqa: F401  (the `sim` fixture)
 from fixtures_daemon import sim_config
 from fixtures_edge import EdgeHandle, client_env, run_curl, start_edge
 from hmtest import PYTHON, REPO, clean_env, free_port, wait_until
@@ -18,15 +20,6 @@ from hmtest import PYTHON, REPO, clean_env, free_port, wait_until
 from halton_meter.core.paths import Home
 from halton_meter.edge.handover import home_id
 from halton_meter.sim import ProviderSim
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[ProviderSim]:
-    s = ProviderSim(tmp_path / "sim").start(http_port=0)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
