@@ -77,16 +77,6 @@ def _attach(transport: asyncio.Transport, pipe: _Pipe) -> None:
         transport.max_size = READ_SIZE
 
 
-def _pending(reader: asyncio.StreamReader) -> bytes:
-    """Bytes the StreamReader already holds (a pipelined ClientHello, say)."""
-    buf: Any = getattr(reader, "_buffer", None)
-    if not buf:
-        return b""
-    data = bytes(buf)
-    buf.clear()
-    return data
-
-
 async def splice(
     a_reader: asyncio.StreamReader,
     a_writer: asyncio.StreamWriter,
@@ -110,7 +100,7 @@ async def splice(
         return
     pa, pb = _Pipe(done), _Pipe(done)
     pa.peer, pb.peer = pb, pa
-    a_left, b_left = _pending(a_reader), _pending(b_reader)
+    a_left, b_left = zerocopy.pending_bytes(a_reader), zerocopy.pending_bytes(b_reader)
     a_eof, b_eof = a_reader.at_eof(), b_reader.at_eof()
     _attach(a_transport, pa)
     _attach(b_transport, pb)

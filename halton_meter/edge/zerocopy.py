@@ -179,7 +179,8 @@ def _take_socket(writer: asyncio.StreamWriter) -> socket.socket | None:
     return dup
 
 
-def _pending(reader: asyncio.StreamReader) -> bytes:
+def pending_bytes(reader: asyncio.StreamReader) -> bytes:
+    """Bytes the StreamReader already holds (a pipelined ClientHello, say), taken out of it."""
     buf = getattr(reader, "_buffer", None)
     if not buf:
         return b""
@@ -209,7 +210,7 @@ async def splice_tunnel(
             sock_a.close()
         return False
     loop = asyncio.get_running_loop()
-    a_left, b_left = _pending(a_reader), _pending(b_reader)
+    a_left, b_left = pending_bytes(a_reader), pending_bytes(b_reader)
     a_writer.transport.abort()
     b_writer.transport.abort()
     tunnel = _Tunnel(loop, sock_a, sock_b)
