@@ -8,10 +8,11 @@ from typing import Any
 
 import typer
 
-from halton_meter.cloud import account
-from halton_meter.cloud import state as cs
-from halton_meter.core.config import load_config
+from halton_meter.cloud import TOKEN_ENV
 from halton_meter.core.paths import Home
+
+# The cloud modules (httpx, the config parser) are imported inside the commands: every other
+# `halton-meter` command would pay for them at start otherwise.
 
 cloud_app = typer.Typer(help="Sync rows to Halton Meter Cloud.", no_args_is_help=True)
 
@@ -30,7 +31,7 @@ def connect(
     token: str | None = typer.Option(
         None,
         "--token",
-        help=f"A key for fleets: skips pairing (or set {account.TOKEN_ENV}).",
+        help=f"A key for fleets: skips pairing (or set {TOKEN_ENV}).",
         show_default=False,
     ),
     machine_name: str | None = typer.Option(
@@ -41,6 +42,9 @@ def connect(
     ),
 ) -> None:
     """Pair this machine (or store a fleet key). Re-connecting revokes the previous key."""
+    from halton_meter.cloud import account
+    from halton_meter.core.config import load_config
+
     home = Home.resolve()
     config = load_config(home)
 
@@ -73,6 +77,9 @@ def connect(
 @cloud_app.command("status")
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
     """Show the sync state: active, paused (with the reason and the fix) or disconnected."""
+    from halton_meter.cloud import account
+    from halton_meter.core.config import load_config
+
     home = Home.resolve()
     data = account.status(home, load_config(home))
     if as_json:
@@ -82,6 +89,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable.
 
 
 def _render_status(data: dict[str, Any]) -> None:
+    from halton_meter.cloud import account
+    from halton_meter.cloud import state as cs
+
     state = str(data["state"])
     if state == cs.PAUSED:
         reason = str(data["paused_reason"])
@@ -114,6 +124,9 @@ def _render_status(data: dict[str, Any]) -> None:
 @cloud_app.command("pause")
 def pause() -> None:
     """Stop syncing until `cloud resume` (paused_manual). Rows keep being recorded."""
+    from halton_meter.cloud import account
+    from halton_meter.cloud import state as cs
+
     new = account.pause(Home.resolve())
     if new.paused_reason == cs.PAUSED_MANUAL:
         typer.echo("Cloud sync paused (paused_manual). Resume with: halton-meter cloud resume")
@@ -124,6 +137,9 @@ def pause() -> None:
 @cloud_app.command("resume")
 def resume() -> None:
     """Probe the stored key once (whoami); 200 clears the pause, counters and last_error."""
+    from halton_meter.cloud import account
+    from halton_meter.core.config import load_config
+
     home = Home.resolve()
     config = load_config(home)
     new = account.resume(home, config)

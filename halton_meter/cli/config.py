@@ -7,8 +7,10 @@ import sys
 
 import typer
 
-from halton_meter.core.config import load_config
 from halton_meter.core.paths import Home
+
+# core.config (tomlkit, structlog) is imported inside the commands: every other command would
+# pay for it at start.
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 
@@ -16,6 +18,8 @@ config_app = typer.Typer(help="Check and show the configuration.", no_args_is_he
 @config_app.command("check")
 def check() -> None:
     """Validate config.toml; exit 3 with the file, key, line and fix when it is bad."""
+    from halton_meter.core.config import load_config
+
     home = Home.resolve()
     cfg = load_config(home)
     for warning in cfg.warnings:
@@ -27,6 +31,8 @@ def check() -> None:
 @config_app.command("show")
 def show(as_json: bool = typer.Option(False, "--json", help="Machine-readable.")) -> None:
     """Print the effective configuration (defaults merged with config.toml)."""
+    from halton_meter.core.config import load_config
+
     cfg = load_config(Home.resolve())
     data = {
         "path": str(cfg.path),

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import http.client
 import shutil
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import typer
 
-from halton_meter.core.config import load_config
 from halton_meter.core.errors import EXIT_FAILURE
 from halton_meter.core.paths import Home
-from halton_meter.core.runtime import EffectivePorts, load_effective_ports
-from halton_meter.install import modes
-from halton_meter.install.ca import (
-    build_combined_bundle,
-    ca_serial_is_valid,
-    ensure_ca,
-    regenerate_ca,
-)
-from halton_meter.platform.elevate import elevated_argv
-from halton_meter.platform.system_proxy import system_proxy
-from halton_meter.platform.trust import trust_store
+
+if TYPE_CHECKING:
+    from halton_meter.core.runtime import EffectivePorts
+
+# The install, platform and config modules (cryptography, the config parser) are imported
+# inside the commands: every other `halton-meter` command would pay for them at start.
 
 SELF_TEST_INTERVAL_S = 0.5
 SELF_TEST_DEADLINE_S = 30.0
@@ -30,6 +24,8 @@ SELF_TEST_DEADLINE_S = 30.0
 
 def self_test(ports: EffectivePorts, deadline_s: float = SELF_TEST_DEADLINE_S) -> tuple[bool, str]:
     """A request through the edge (to the api's /health), every 500 ms for up to 30 s."""
+    import http.client  # here: only init needs it, every command would pay for it at start
+
     t0 = time.monotonic()
     last = "no attempt"
     while True:
@@ -77,6 +73,18 @@ def init(
     no_start: bool = typer.Option(False, "--no-start", help="Set up the surfaces only."),
 ) -> None:
     """Install Halton Meter in a mode: env-only (default), --apps or --full."""
+    from halton_meter.core.config import load_config
+    from halton_meter.core.runtime import load_effective_ports
+    from halton_meter.install import modes
+    from halton_meter.install.ca import (
+        build_combined_bundle,
+        ca_serial_is_valid,
+        ensure_ca,
+        regenerate_ca,
+    )
+    from halton_meter.platform.elevate import elevated_argv
+    from halton_meter.platform.trust import trust_store
+
     if apps and full:
         typer.echo("choose one of --apps and --full", err=True)
         raise typer.Exit(2)
@@ -160,6 +168,9 @@ def uninstall(
         typer.echo("--include-logs needs --purge", err=True)
         raise typer.Exit(2)
     home = Home.resolve()
+    from halton_meter.core.runtime import load_effective_ports
+    from halton_meter.install import modes
+    from halton_meter.platform.trust import trust_store
     from halton_meter.service import launchd, systemd
     from halton_meter.service.control import stop
 
@@ -215,6 +226,8 @@ def uninstall(
 
 def reset_proxy() -> None:
     """Emergency: turn the system proxy off at once; touch nothing else."""
+    from halton_meter.platform.system_proxy import system_proxy
+
     results = system_proxy().disable()
     failed = [r for r in results if not r.ok]
     for r in failed:

@@ -13,12 +13,8 @@ import sys
 
 import typer
 
-from halton_meter.core.config import load_config
 from halton_meter.core.errors import EXIT_USAGE
 from halton_meter.core.paths import Home
-from halton_meter.core.runtime import load_effective_ports
-from halton_meter.install.ca import build_combined_bundle
-from halton_meter.install.env import NODE_OPTIONS_VAR, client_env, merge_node_options
 
 _PROXY_TWINS = ("https_proxy", "http_proxy", "no_proxy")
 
@@ -47,6 +43,12 @@ def run(
     if not argv:
         print("usage: halton-meter run <cmd> [args...] | run --shell", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE)
+
+    # Imported here, not at module level: every other command would pay for them at start.
+    from halton_meter.core.config import load_config
+    from halton_meter.core.runtime import load_effective_ports
+    from halton_meter.install.ca import build_combined_bundle
+    from halton_meter.install.env import NODE_OPTIONS_VAR, client_env, merge_node_options
 
     home = Home.resolve()
     config = load_config(home)

@@ -14,3 +14,6 @@ The daemon runs the loop in a thread::
     threading.Thread(target=CloudSync(home, config).run_forever, args=(stop,),
                      name="halton-cloud-sync", daemon=True).start()
 """
+
+# Here, not in account: the CLI names it in --help without importing httpx.
+TOKEN_ENV = "HALTON_METER_CLOUD_TOKEN"

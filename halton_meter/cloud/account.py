@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from halton_meter.cloud import TOKEN_ENV
 from halton_meter.cloud import client as cc
 from halton_meter.cloud import state as cs
 from halton_meter.cloud.rows import cursor_is_stale, open_store, pending_count
@@ -21,8 +22,6 @@ from halton_meter.core.errors import EXIT_FAILURE, HaltonError
 from halton_meter.core.fsutil import write_secret
 from halton_meter.core.logging import get_logger
 from halton_meter.core.paths import Home
-
-TOKEN_ENV = "HALTON_METER_CLOUD_TOKEN"
 
 # The reference's table: paused_reason -> (what it means, recover with).
 PAUSE_TABLE: dict[str, tuple[str, str]] = {
