@@ -194,7 +194,7 @@ class BodyCapture:
             state.closers.append(lambda row: self._skipped(row, kind, declared, limit))
             return
         sink = store.open(state.row.id, "request" if kind == "request" else "response")
-        relpath = sink.path.relative_to(store.root).as_posix()
+        relpath = sink.relpath
         queued = _QueuedSink(sink, relpath, self.io, limit)
         observers.append(queued.write)
         state.submit_after_bodies = partial(self._submit_after_bodies, state)
