@@ -216,18 +216,18 @@ def heavy_node_modules() -> Path:
     return _npm_install(HEAVY_DIR, HEAVY_PACKAGES, "node-heavy")
 
 
-def py_clients_venv() -> Path:
-    """A separate virtualenv with the Python CLIs (llm), created on first use."""
-    marker = PY_DIR / ".installed"
-    want = "\n".join(PY_PACKAGES)
-    with _install_lock("pyvenv"):
+def _pip_venv(where: Path, packages: Sequence[str], name: str) -> Path:
+    """A separate virtualenv with ``packages``, created on first use and cached."""
+    marker = where / ".installed"
+    want = "\n".join(packages)
+    with _install_lock(name):
         if not (marker.exists() and marker.read_text() == want):
             import sys
 
-            subprocess.run([sys.executable, "-m", "venv", str(PY_DIR)], check=True, timeout=120)
+            subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
             env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
             proc = subprocess.run(
-                [str(PY_DIR / "bin" / "pip"), "install", "-q", *PY_PACKAGES],
+                [str(where / "bin" / "pip"), "install", "-q", *packages],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -236,7 +236,21 @@ def py_clients_venv() -> Path:
             if proc.returncode != 0:
                 raise AssertionError(f"pip install failed:\n{proc.stdout}\n{proc.stderr}")
             marker.write_text(want)
-    return PY_DIR
+    return where
+
+
+def py_clients_venv() -> Path:
+    """A separate virtualenv with the Python CLIs (llm), created on first use."""
+    return _pip_venv(PY_DIR, PY_PACKAGES, "pyvenv")
+
+
+AIDER_DIR = CACHE / "aider-venv"
+AIDER_PACKAGES = ("aider-chat==0.86.2",)
+
+
+def aider_venv() -> Path:
+    """aider (litellm) in its own virtualenv: its many pins must not meet llm's."""
+    return _pip_venv(AIDER_DIR, AIDER_PACKAGES, "aider")
 
 
 # -- the real supervised stack in a temporary home --------------------------------------------

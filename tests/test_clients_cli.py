@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from fixtures_clients import (
     MeterStack,
+    aider_venv,
     codex_bin,
     heavy_node_modules,
     meter_stack,
@@ -213,30 +214,44 @@ def test_llm_cli(stack: MeterStack) -> None:
     assert row["input_tokens"] == rec.usage["prompt_tokens"]
 
 
-# aider pulls in litellm and dozens of heavy pins (its install took over 2 minutes here), so
-# its HTTP stack is simulated: an executable named `aider` calling the OpenAI Python SDK
-# (httpx, trust_env on, as litellm does for OpenAI models).
-FAKE_AIDER = """#!{python}
-import openai, sys
-c = openai.OpenAI(api_key="sk-cli-openai", max_retries=0)
-s = c.chat.completions.create(model="gpt-4o", stream=True,
-    stream_options={{"include_usage": True}}, messages=[{{"role": "user", "content": "edit"}}])
-u = [ch.usage for ch in s if ch.usage][-1]
-print(u.prompt_tokens, u.completion_tokens)
-"""
-
-
-def test_aider_http_stack_simulated(stack: MeterStack, tmp_path: Path) -> None:
-    aider = tmp_path / "aider"
-    aider.write_text(FAKE_AIDER.format(python=sys.executable))
-    aider.chmod(0o755)
-    mark = stack.mark()
-    out = stack.run([str(aider)])
-    assert out.returncode == 0, out.stderr
-    prompt, completion = map(int, out.stdout.split())
-    (row,) = stack.rows_since(mark, 1)
-    assert (row["tool"], row["model"], row["stream"]) == ("aider", "gpt-4o", 1)
-    assert (row["input_tokens"], row["output_tokens"]) == (prompt, completion)
+def test_aider_cli(stack: MeterStack, tmp_path: Path) -> None:
+    """The real aider (litellm), one non-interactive message, no git, offline."""
+    venv = aider_venv()
+    project = tmp_path / "proj"
+    project.mkdir()
+    mark, before = stack.mark(), len(stack.sim.requests)
+    out = stack.run(
+        [
+            str(venv / "bin" / "aider"),
+            "--model",
+            "gpt-4o-mini",
+            "--message",
+            "say hi",
+            "--yes-always",
+            "--no-git",
+            "--no-check-update",
+            "--analytics-disable",
+            "--no-show-model-warnings",
+            "--no-pretty",
+            "--no-fancy-input",
+            "--map-tokens",
+            "0",
+            "--no-show-release-notes",
+        ],
+        cwd=project,
+        OPENAI_API_KEY="sk-cli-openai",
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    calls = [r for r in stack.sim.requests[before:] if r.api.startswith("openai.chat")]
+    assert calls, [r.api for r in stack.sim.requests[before:]]
+    rows = stack.rows_since(mark, len(calls))
+    assert len(rows) == len(calls)
+    for row, rec in zip(rows, calls, strict=True):
+        assert (row["tool"], row["api"], row["model"]) == ("aider", "chat", "gpt-4o-mini")
+        expected = rec.usage["completion_tokens"] if rec.usage else None
+        assert row["output_tokens"] == expected
+    _no_secrets(rows)
 
 
 def test_claude_code_only_model_calls_are_rows(stack: MeterStack) -> None:
