@@ -327,6 +327,33 @@ def test_gemini_cli(stack: MeterStack) -> None:
     _no_secrets(rows)
 
 
+def test_gemini_cli_auto_router_calls_are_their_own_rows(stack: MeterStack) -> None:
+    """Without -m, Gemini CLI's router asks a small model (non-streaming generateContent,
+    JSON mode) before the answer: each call is its own row, tokens exact."""
+    gemini = heavy_node_modules() / ".bin" / "gemini"
+    mark, before = stack.mark(), len(stack.sim.requests)
+    out = stack.run(
+        [str(gemini), "-p", "say hi"],
+        GEMINI_API_KEY="AIza-cli-gemini",
+        GEMINI_CLI_TRUST_WORKSPACE="true",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    calls = [
+        r for r in stack.sim.requests[before:] if r.api in ("gemini.generate", "gemini.stream")
+    ]
+    router = [r for r in calls if r.api == "gemini.generate"]
+    answer = [r for r in calls if r.api == "gemini.stream"]
+    assert router and answer and router[0].model != answer[-1].model
+    rows = stack.rows_since(mark, len(calls))
+    assert len(rows) == len(calls)
+    for row, rec in zip(rows, calls, strict=True):
+        assert (row["tool"], row["model"]) == ("gemini-cli", rec.model)
+        assert row["stream"] == (1 if rec.api == "gemini.stream" else 0)
+        assert row["output_tokens"] == rec.usage["candidatesTokenCount"]
+        assert row["input_tokens"] == rec.usage["promptTokenCount"]
+    _no_secrets(rows)
+
+
 def test_report_json_shows_the_tool_and_exact_cost(stack: MeterStack) -> None:
     test_curl(stack)
     out = stack.meter("report", "--json")

@@ -70,11 +70,36 @@ def _finish(call: Call) -> str:
     return "MAX_TOKENS" if call.knobs.outcome == "incomplete" else "STOP"
 
 
+def _schema_example(schema: Any) -> Any:
+    """A minimal value satisfying a (JSON or Gemini-style) schema: first enum, every property."""
+    if not isinstance(schema, dict):
+        return "sim"
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = str(schema.get("type", "object")).lower()
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: _schema_example(sub) for name, sub in props.items()}
+    if kind == "array":
+        return [_schema_example(schema.get("items"))]
+    return {"integer": 0, "number": 0, "boolean": False}.get(kind, "sim")
+
+
+def _structured_text(call: Call) -> str | None:
+    """JSON mode (Gemini CLI's model router asks for it): answer with a conforming object."""
+    config = call.body.get("generationConfig") or {}
+    schema = config.get("responseJsonSchema") or config.get("responseSchema")
+    if config.get("responseMimeType") != "application/json" or schema is None:
+        return None
+    return dumps(_schema_example(schema))
+
+
 def generate(call: Call) -> Reply:
     call.wire_usage = usage_metadata(call)
     if not call.stream:
+        text = _structured_text(call) or text_placeholder(call)
         body = {
-            "candidates": [_candidate(text_placeholder(call), _finish(call))],
+            "candidates": [_candidate(text, _finish(call))],
             "usageMetadata": call.wire_usage,
             "modelVersion": call.model,
             "responseId": f"sim{call.request_id}",
