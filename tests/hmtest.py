@@ -15,6 +15,30 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
+# The keys every `report --json` row has at least (DESIGN.md, Contracts).
+REPORT_ROW_CONTRACT = [
+    "id",
+    "ts",
+    "tool",
+    "project",
+    "tier",
+    "provider",
+    "api",
+    "model",
+    "stream",
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "priced",
+    "partial",
+    "latency_ms",
+    "ttfb_ms",
+]
+
 
 def free_port() -> int:
     """A port from bind(0) on loopback; the socket is closed again before returning."""

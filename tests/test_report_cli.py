@@ -11,33 +11,11 @@ from pathlib import Path
 
 import pytest
 from fixtures_store import BASE_TS, make_row, run_cli, write_rows
+from hmtest import REPORT_ROW_CONTRACT as CONTRACT
 
 from halton_meter.core.paths import Home
 from halton_meter.store import db
 from halton_meter.store.writer import RowWriter
-
-CONTRACT = [
-    "id",
-    "ts",
-    "tool",
-    "project",
-    "tier",
-    "provider",
-    "api",
-    "model",
-    "stream",
-    "status",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "priced",
-    "partial",
-    "latency_ms",
-    "ttfb_ms",
-]
 
 
 def _seed(home: Path) -> None:
