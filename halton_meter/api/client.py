@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 
 from halton_meter.api.token import read_api_token
+from halton_meter.core.bindguard import url_host
 from halton_meter.core.logging import get_logger
 from halton_meter.core.paths import Home
 
 TIMEOUT_S = 2.0
-_WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
 
 Params = Mapping[str, str | int | float | bool | None]
 
@@ -32,12 +32,7 @@ def api_base_url(home: Home) -> str | None:
         host = load_config(home).api_host
     except ConfigError:
         return None
-    port = load_effective_ports(home).api
-    if host in _WILDCARDS:
-        host = "127.0.0.1"  # a wildcard bind (override active) still answers on loopback
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"http://{url_host(host)}:{load_effective_ports(home).api}"
 
 
 def api_get(

@@ -59,3 +59,19 @@ def check_bind_host(host: str, key: str) -> None:
         flush=True,
     )
     raise SystemExit(1)
+
+
+_WILDCARDS = {"", "*", "0.0.0.0", "::"}
+
+
+def connect_host(listen_host: str) -> str:
+    """Where a client on this machine reaches a listener bound to ``listen_host``: a wildcard
+    bind (override active) still answers on loopback."""
+    host = listen_host.strip().strip("[]")
+    return "127.0.0.1" if host in _WILDCARDS else host
+
+
+def url_host(listen_host: str) -> str:
+    """``connect_host`` in URL form: an IPv6 address in brackets."""
+    host = connect_host(listen_host)
+    return f"[{host}]" if ":" in host else host

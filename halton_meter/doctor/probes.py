@@ -15,14 +15,9 @@ from pathlib import Path
 
 import psutil
 
+from halton_meter.core.bindguard import connect_host
+
 PROBE_TIMEOUT_S = 0.5
-_WILDCARDS = {"", "0.0.0.0", "::", "*"}
-
-
-def connect_host(listen_host: str) -> str:
-    """Where a client on this machine reaches a listener bound to ``listen_host``."""
-    host = listen_host.strip().strip("[]")
-    return "127.0.0.1" if host in _WILDCARDS else host
 
 
 def accepts(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:

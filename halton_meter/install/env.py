@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
+from halton_meter.core.bindguard import url_host
 from halton_meter.core.config import Config
 from halton_meter.core.fsutil import atomic_write
 from halton_meter.core.paths import Home
@@ -71,11 +72,7 @@ def ensure_node_preload(home: Home) -> Path:
 
 
 def edge_url(config: Config, ports: EffectivePorts, project: str | None = None) -> str:
-    host = (
-        config.listen_host if config.listen_host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"
-    )
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
+    host = url_host(config.listen_host)
     # A project in the proxy URL's user part is attribution tier "explicit" at the edge.
     user = f"{quote(project, safe='')}@" if project else ""
     return f"http://{user}{host}:{ports.edge}"
